@@ -1,0 +1,522 @@
+"""The `aggregator` command: parse arguments, build the objects, call one library function.
+
+Exit codes: 0 done (``fetch`` also when some feeds failed: each failure is reported and
+recorded on its feed); 1 could not do it (database unreachable, digest not delivered);
+2 bad configuration or usage. Errors are one line on stderr, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from aggregator import __version__
+from aggregator.config import Settings, load_settings, resolve_config_path
+from aggregator.errors import AggregatorError, ConfigError, FetchError
+from aggregator.logs import configure_logging
+from aggregator.models import RefreshOutcome
+
+log = logging.getLogger("aggregator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aggregator",
+        description="Self-hosted feed aggregator: full text, duplicates dropped, a daily digest.",
+    )
+    parser.add_argument("--version", action="version", version=f"aggregator {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $AGGREGATOR_CONFIG or config/aggregator.yaml)",
+    )
+    common.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="log detail on stderr (default: info for run, warning otherwise)",
+    )
+    common.add_argument(
+        "--log-format",
+        default=os.environ.get("AGGREGATOR_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="log lines as text or JSON",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the background service",
+        description="Fetch each feed on its interval and send the digest at its time, until SIGTERM/SIGINT.",
+    )
+
+    fetch = sub.add_parser(
+        "fetch",
+        parents=[common],
+        help="fetch every feed once, now",
+        description="One pass over the feeds: fetch, parse, full text, deduplicate, store.",
+    )
+    fetch.add_argument(
+        "--feed", metavar="URL", action="append", help="only this feed (from feeds.yaml); may be repeated"
+    )
+
+    digest = sub.add_parser(
+        "digest",
+        parents=[common],
+        help="build or send the digest",
+        description="Build the digest of articles not yet sent. Without "
+        "--send or --output, print its text part.",
+    )
+    mode = digest.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--send", action="store_true", help="deliver it (SMTP, or the outbox) and mark its articles sent"
+    )
+    mode.add_argument(
+        "--output", metavar="FILE", help="write a preview (.eml or .html); marks nothing as sent"
+    )
+    digest.add_argument("--since", metavar="ISO8601", help="only articles first seen at or after this time")
+
+    feeds = sub.add_parser("feeds", parents=[common], help="show each feed's status")
+    feeds.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    articles = sub.add_parser("articles", parents=[common], help="list stored articles")
+    articles.add_argument("--json", action="store_true", help="one JSON object per line")
+    articles.add_argument("--since", metavar="ISO8601", help="first seen at or after this time")
+    articles.add_argument("--feed", metavar="URL", help="only this feed's articles")
+    articles.add_argument("--limit", metavar="N", type=_positive_int, help="at most N articles")
+
+    extract = sub.add_parser(
+        "extract",
+        parents=[common],
+        help="show what full text a page gives",
+        description="Run the full-text extractor on pages (files or URLs).",
+    )
+    extract.add_argument("sources", nargs="+", metavar="PATH_OR_URL")
+    extract.add_argument("--json", action="store_true", help="one JSON object per input")
+
+    sub.add_parser("check-config", parents=[common], help="validate the configuration")
+
+    opml = sub.add_parser("opml", help="import or export subscriptions as OPML")
+    opml_sub = opml.add_subparsers(dest="opml_command", metavar="ACTION", required=True)
+    opml_import = opml_sub.add_parser("import", parents=[common], help="add an OPML's feeds to feeds.yaml")
+    opml_import.add_argument("file", metavar="FILE")
+    opml_export = opml_sub.add_parser("export", parents=[common], help="print feeds.yaml as OPML")
+    opml_export.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    sub.add_parser(
+        "health", parents=[common], help="exit 0 if the service is alive (for container health checks)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command in ``argv``; return the exit code."""
+    args = build_parser().parse_args(argv)
+    default_level = "info" if args.command == "run" else "warning"
+    configure_logging(args.log_level or default_level, args.log_format)
+    handler = _COMMANDS[args.command]
+    try:
+        return handler(args)
+    except AggregatorError as exc:
+        # A config error may name several keys, one per line; anything else is one line.
+        print(f"aggregator: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("aggregator: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aggregator.scheduler import Service
+
+    settings = _settings(args)
+    if not settings.feeds:
+        log.warning("no feeds configured: add some to %s", settings.feeds_file)
+    asyncio.run(Service(settings).run())
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from aggregator.fetcher import Fetcher
+    from aggregator.pipeline import Pipeline
+    from aggregator.store import Store
+
+    settings = _settings(args)
+    feeds = list(settings.feeds)
+    if args.feed:
+        wanted = set(args.feed)
+        unknown = wanted - {f.url for f in feeds}
+        if unknown:
+            raise ConfigError(
+                f"not in {settings.feeds_file}: {', '.join(sorted(unknown))} (add the feed there first)"
+            )
+        feeds = [f for f in feeds if f.url in wanted]
+    if not feeds:
+        print(f"no feeds configured in {settings.feeds_file}", file=sys.stderr)
+        return 0
+    store = Store.open(settings.database_url)
+    progress = Progress(len(feeds), sys.stderr)
+    started = datetime.now(UTC)
+
+    async def go() -> list[RefreshOutcome]:
+        async with Fetcher(settings.fetch) as fetcher:
+            pipeline = Pipeline(settings, store, fetcher)
+            try:
+                return await pipeline.refresh_all(feeds, on_done=progress.advance)
+            finally:
+                pipeline.close()
+
+    try:
+        outcomes = asyncio.run(go())
+    finally:
+        progress.close()
+        store.close()
+    for outcome in outcomes:
+        if not outcome.ok:
+            status = f" HTTP {outcome.status}" if outcome.status else ""
+            print(
+                f"failed: {outcome.feed_url}: {outcome.error_kind}{status}: {outcome.error}", file=sys.stderr
+            )
+    seconds = (datetime.now(UTC) - started).total_seconds()
+    ok = sum(o.ok for o in outcomes)
+    print(
+        f"fetched {len(outcomes)} feeds in {seconds:.1f}s: {ok} ok "
+        f"({sum(o.not_modified for o in outcomes)} not modified), {len(outcomes) - ok} failed; "
+        f"{sum(o.new_articles for o in outcomes)} new articles "
+        f"({sum(o.duplicates for o in outcomes)} duplicates)"
+    )
+    return 0
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from aggregator.delivery import prepare_digest, send_digest
+    from aggregator.digest import render_html, render_message, render_text
+    from aggregator.store import Store
+
+    settings = _settings(args)
+    since = _parse_time(args.since, "--since") if args.since else None
+    store = Store.open(settings.database_url)
+    now = datetime.now(UTC)
+    try:
+        if args.send:
+            report = send_digest(store, settings, now, since)
+            if report.digest is None:
+                print("nothing new to send")
+            else:
+                print(f"sent digest with {report.digest.count} stories to {report.destination}")
+            return 0
+        digest = prepare_digest(store, settings, now, since)
+    finally:
+        store.close()
+    if digest is None:
+        print("nothing new to send", file=sys.stderr)
+        return 0
+    if args.output:
+        path = Path(args.output)
+        if path.suffix.lower() == ".eml":
+            data = render_message(digest, settings.digest, now).as_bytes()
+            _write(path, data)
+        elif path.suffix.lower() in (".html", ".htm"):
+            _write(path, render_html(digest).encode("utf-8"))
+        else:
+            raise ConfigError(f"--output {path}: use a .eml or .html file name")
+        print(f"wrote preview of {digest.count} stories to {path} (nothing marked sent)")
+        return 0
+    sys.stdout.write(render_text(digest))
+    return 0
+
+
+def cmd_feeds(args: argparse.Namespace) -> int:
+    from aggregator.store import Store
+
+    settings = _settings(args)
+    store = Store.open(settings.database_url)
+    try:
+        statuses = store.feed_statuses([(f.url, f.display_name) for f in settings.feeds])
+    finally:
+        store.close()
+    if args.json:
+        for status in statuses:
+            record = asdict(status)
+            for key in ("last_fetch", "next_fetch"):
+                record[key] = _iso(record[key])
+            _json_line(record)
+        return 0
+    if not statuses:
+        print(f"no feeds configured in {settings.feeds_file}")
+    for s in statuses:
+        state = (
+            "never fetched"
+            if s.last_fetch is None
+            else (
+                f"failing ({s.consecutive_failures}x {s.error_kind}: {s.last_error})"
+                if s.consecutive_failures
+                else f"ok (HTTP {s.last_status})"
+            )
+        )
+        print(
+            f"{s.name}\n  {s.url}\n  {state}; {s.article_count} articles; "
+            f"last fetch {_human(s.last_fetch)}; next {_human(s.next_fetch)}"
+        )
+    return 0
+
+
+def cmd_articles(args: argparse.Namespace) -> int:
+    from aggregator.store import Store
+
+    settings = _settings(args)
+    since = _parse_time(args.since, "--since") if args.since else None
+    store = Store.open(settings.database_url)
+    try:
+        rows = store.list_articles(since=since, feed_url=args.feed, limit=args.limit)
+    finally:
+        store.close()
+    names = {f.url: f.display_name for f in settings.feeds}
+    for a in rows:
+        if args.json:
+            _json_line(
+                {
+                    "id": a.id,
+                    "feed_url": a.feed_url,
+                    "feed_name": names.get(a.feed_url, a.feed_name),
+                    "url": a.url,
+                    "title": a.title,
+                    "author": a.author,
+                    "published": _iso(a.published),
+                    "first_seen": _iso(a.first_seen),
+                    "extraction": a.extraction,
+                    "duplicate_of": a.duplicate_of,
+                    "summary": a.summary,
+                    "text": a.text,
+                }
+            )
+        else:
+            dup = f" (duplicate of {a.duplicate_of})" if a.duplicate_of else ""
+            print(
+                f"{a.id}\t{_human(a.published or a.first_seen)}\t"
+                f"{names.get(a.feed_url, a.feed_name)}\t{a.title}{dup}\n\t{a.url}"
+            )
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from aggregator.extractor import extract_page
+    from aggregator.fetcher import PAGE_ACCEPT, Fetcher
+
+    settings = _settings(args)
+    failures = 0
+
+    async def fetch_all(urls: list[str]) -> dict[str, tuple[bytes, str] | str]:
+        async with Fetcher(settings.fetch) as fetcher:
+
+            async def one(url: str) -> tuple[bytes, str] | str:
+                try:
+                    result = await fetcher.fetch(url, accept=PAGE_ACCEPT)
+                except FetchError as exc:
+                    return f"{exc.kind}: {exc}"
+                return result.body, result.final_url
+
+            results = await asyncio.gather(*(one(u) for u in urls))
+        return dict(zip(urls, results, strict=True))
+
+    urls = [s for s in args.sources if s.lower().startswith(("http://", "https://"))]
+    fetched = asyncio.run(fetch_all(urls)) if urls else {}
+    for source in args.sources:
+        error = None
+        body: bytes = b""
+        page_url: str | None = None
+        if source in fetched:
+            got = fetched[source]
+            if isinstance(got, str):
+                error = got
+            else:
+                body, page_url = got
+        else:
+            try:
+                body = Path(source).read_bytes()
+            except OSError as exc:
+                error = f"cannot read: {exc.strerror or exc}"
+        page = extract_page(body, page_url) if error is None else None
+        if error is None and page is None:
+            error = "no article text found"
+        failures += error is not None
+        record: dict[str, Any] = {
+            "source": source,
+            "url": (page.canonical_url if page else None) or page_url,
+            "title": page.title if page else None,
+            "author": page.author if page else None,
+            "published": _iso(page.published) if page else None,
+            "site_name": page.site_name if page else None,
+            "language": page.language if page else None,
+            "text": page.text if page else "",
+            "error": error,
+        }
+        if args.json:
+            _json_line(record)
+        else:
+            print(f"== {source}")
+            if error:
+                print(f"error: {error}\n")
+                continue
+            for key in ("title", "author", "published", "url"):
+                print(f"{key}: {record[key] or '-'}")
+            print()
+            print(record["text"])
+            print()
+    return 1 if failures else 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    source = settings.source or f"{resolve_config_path(args.config, os.environ)} (absent: embedded defaults)"
+    delivery = (
+        f"SMTP {settings.smtp.host}:{settings.smtp.port}"
+        if settings.smtp
+        else f"outbox {settings.outbox_dir}/"
+    )
+    print(
+        f"{source}: OK; {len(settings.feeds)} feeds from {settings.feeds_file}; "
+        f"digest at {settings.digest.send_at:%H:%M} {settings.digest.timezone} via {delivery}"
+    )
+    return 0
+
+
+def cmd_opml(args: argparse.Namespace) -> int:
+    from aggregator.opml import export_opml, import_opml
+
+    settings = _settings(args)
+    if args.opml_command == "import":
+        added, present = import_opml(Path(args.file), settings.feeds_file)
+        print(f"added {added} feeds to {settings.feeds_file} ({present} already there)")
+        return 0
+    document = export_opml(settings.feeds)
+    if args.output:
+        _write(Path(args.output), document.encode("utf-8"))
+    else:
+        sys.stdout.write(document)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from aggregator.scheduler import heartbeat_age
+    from aggregator.store import Store
+
+    settings = _settings(args)
+    age = heartbeat_age(settings.service.heartbeat_file, datetime.now(UTC))
+    limit = max(60.0, 4 * settings.service.check_every.total_seconds())
+    if age is None or age.total_seconds() > limit:
+        print("unhealthy: the service has not written a heartbeat recently", file=sys.stderr)
+        return 1
+    from aggregator.database import create_db_engine
+
+    store = Store(create_db_engine(settings.database_url))
+    try:
+        store.ping()
+    finally:
+        store.close()
+    print(f"healthy: heartbeat {age.total_seconds():.0f}s ago, database reachable")
+    return 0
+
+
+_COMMANDS = {
+    "run": cmd_run,
+    "fetch": cmd_fetch,
+    "digest": cmd_digest,
+    "feeds": cmd_feeds,
+    "articles": cmd_articles,
+    "extract": cmd_extract,
+    "check-config": cmd_check_config,
+    "opml": cmd_opml,
+    "health": cmd_health,
+}
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent when stderr is not a terminal."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total, self.done, self.failed = total, 0, 0
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self._draw()
+
+    def advance(self, outcome: RefreshOutcome) -> None:
+        self.done += 1
+        self.failed += not outcome.ok
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled or not self.total:
+            return
+        width = 30
+        filled = int(width * self.done / self.total)
+        bar = "#" * filled + "-" * (width - filled)
+        failed = f", {self.failed} failed" if self.failed else ""
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total} feeds{failed}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.total:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return number
+
+
+def _parse_time(value: str, flag: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{flag} {value!r}: not an ISO 8601 time (e.g. 2026-11-28T07:00Z)") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _human(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M %Z") if value else "-"
+
+
+def _json_line(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:
+        raise AggregatorError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,466 @@
+"""Load and check the YAML configuration once; everything downstream gets typed, frozen settings.
+
+Where things are looked up:
+- the config file: ``--config``, else ``$AGGREGATOR_CONFIG``, else ``config/aggregator.yaml``;
+  when that default file does not exist the embedded defaults below are used;
+- ``feeds_file``: relative to the config file's folder;
+- ``database_url`` and ``outbox_dir``: relative paths resolve against the working directory;
+- environment: ``AGGREGATOR_<KEY>`` or ``AGGREGATOR_<SECTION>_<KEY>`` overrides any setting
+  (``AGGREGATOR_DATABASE_URL``, ``AGGREGATOR_SMTP_HOST``, ``AGGREGATOR_FETCH_TIMEOUT`` …).
+Secrets never live in these files: the SMTP password comes from the environment variable named
+by ``smtp.password_env`` or from ``smtp.password_file``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import time, timedelta
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from aggregator import __version__
+from aggregator.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config/aggregator.yaml")
+ENV_PREFIX = "AGGREGATOR_"
+# Variables with this prefix that are not settings (they configure the CLI or the tests).
+_NON_SETTING_ENV = {"CONFIG", "SMTP_PASSWORD", "TEST_POSTGRES_URL", "LOG_FORMAT", "LOG_LEVEL"}
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Return a timedelta for ``30s``, ``5m``, ``1h30m``, ``2d`` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 5m, 1h or 2d")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip().replace(" ", "")
+        if not text or _DURATION_PART.sub("", text) != "":
+            raise ValueError(f"{value!r} is not a duration like 30s, 5m, 1h30m or 2d")
+        seconds = sum(float(n) * _DURATION_UNITS[unit.lower()] for n, unit in _DURATION_PART.findall(text))
+    if seconds <= 0:
+        raise ValueError("a duration must be more than zero")
+    return timedelta(seconds=seconds)
+
+
+def parse_size(value: Any) -> int:
+    """Return a byte count for ``10MB`` (10**6), ``512KiB`` (2**10) or a plain number."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like 10MB")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a size like 500KB, 10MB or 1GiB")
+        size = int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+    if size <= 0:
+        raise ValueError("a size must be more than zero")
+    return size
+
+
+def _parse_clock(value: Any) -> time:
+    if isinstance(value, time):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
+        # YAML 1.1 reads an unquoted 7:00 as the base-60 number 420 (minutes).
+        return time(value // 60, value % 60)
+    match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", str(value))
+    if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise ValueError(f'{value!r} is not a time of day like "07:00"')
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+ClockTime = Annotated[time, BeforeValidator(_parse_clock)]
+StrList = Annotated[list[str], BeforeValidator(_split_list)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FetchSettings(_Section):
+    """How feeds and article pages are fetched."""
+
+    interval: Duration = timedelta(minutes=30)
+    timeout: Duration = timedelta(seconds=20)
+    concurrency: int = Field(32, ge=1, le=1000)
+    per_host: int = Field(2, ge=1, le=100)
+    max_bytes: ByteSize = 10_000_000
+    max_redirects: int = Field(5, ge=0, le=20)
+    allow_private_networks: bool = False
+    user_agent: str = f"aggregator/{__version__} (self-hosted feed aggregator)"
+
+
+class ExtractSettings(_Section):
+    """Full-text extraction of article pages."""
+
+    enabled: bool = True
+    # Processes for extraction (CPU-bound); None: one per core, 0: a thread in the service.
+    workers: int | None = Field(None, ge=0, le=64)
+
+
+def _check_address(value: str) -> str:
+    _name, address = parseaddr(value)
+    if "@" not in address or "\n" in value or "\r" in value:
+        raise ValueError(f"{value!r} is not an email address")
+    return value
+
+
+class DigestSettings(_Section):
+    """The daily email digest."""
+
+    name: str = "daily"
+    send_at: ClockTime = time(7, 0)
+    timezone: str = "UTC"
+    to: StrList = Field(default_factory=lambda: ["reader@example.com"])
+    from_: str = Field("Aggregator <aggregator@example.com>", alias="from")
+    subject: str = "Your {name} digest, {date}: {items}"
+    max_items: int | None = Field(None, ge=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Paris)") from None
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _subject_template(cls, value: str) -> str:
+        try:
+            value.format(name="daily", date="1 Jan 2026", count=1, items="1 story")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"bad placeholder {exc} in {value!r}: use {{name}}, {{date}}, {{count}}, {{items}}"
+            ) from None
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one recipient is needed")
+        return [_check_address(v) for v in value]
+
+    @field_validator("from_")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        return _check_address(value)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class SmtpSettings(_Section):
+    """The SMTP server digests are sent through. Without it, digests go to the outbox."""
+
+    host: str
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = True
+    ssl: bool = False
+    username: str | None = None
+    password_env: str = "AGGREGATOR_SMTP_PASSWORD"
+    password_file: Path | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _one_tls_mode(self) -> SmtpSettings:
+        if self.ssl and self.starttls:
+            raise ValueError("choose one of ssl (implicit TLS, port 465) and starttls")
+        return self
+
+    def password(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """Return the password from the file or the environment; None when neither is set."""
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"smtp.password_file: cannot read {self.password_file}: {exc}") from None
+        return (os.environ if environ is None else environ).get(self.password_env) or None
+
+
+class ServiceSettings(_Section):
+    """The background service (`aggregator run`)."""
+
+    heartbeat_file: Path = Path("/tmp/aggregator.heartbeat")
+    check_every: Duration = timedelta(seconds=30)
+
+
+class FeedConfig(_Section):
+    """One entry of feeds.yaml."""
+
+    url: str
+    name: str | None = None
+    tags: StrList = Field(default_factory=list)
+    interval: Duration | None = None
+    full_text: bool | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip()
+        if not re.match(r"^https?://[^/\s]+", value, re.IGNORECASE):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        host = re.sub(r"^https?://", "", self.url, flags=re.IGNORECASE).split("/")[0]
+        return host.removeprefix("www.")
+
+
+class FeedsFile(_Section):
+    feeds: list[FeedConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> FeedsFile:
+        seen: set[str] = set()
+        for feed in self.feeds:
+            if feed.url in seen:
+                raise ValueError(f"feed {feed.url} is listed twice")
+            seen.add(feed.url)
+        return self
+
+
+class Settings(_Section):
+    """The whole configuration, with ``feeds`` read from ``feeds_file``."""
+
+    database_url: str = "sqlite:///data/aggregator.db"
+    feeds_file: Path = Path("feeds.yaml")
+    outbox_dir: Path = Path("data/outbox")
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    extract: ExtractSettings = Field(default_factory=ExtractSettings)
+    digest: DigestSettings = Field(default_factory=lambda: DigestSettings())
+    smtp: SmtpSettings | None = None
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+
+    _feeds: tuple[FeedConfig, ...] = PrivateAttr(default=())
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def feeds(self) -> tuple[FeedConfig, ...]:
+        return self._feeds
+
+    @property
+    def source(self) -> Path | None:
+        """The config file these settings came from (None for embedded defaults)."""
+        return self._source
+
+    def with_feeds(self, feeds: tuple[FeedConfig, ...]) -> Settings:
+        copy = self.model_copy()
+        copy._feeds = feeds
+        copy._source = self._source
+        return copy
+
+    def full_text_for(self, feed: FeedConfig) -> bool:
+        return self.extract.enabled if feed.full_text is None else feed.full_text
+
+    def interval_for(self, feed: FeedConfig) -> timedelta:
+        return feed.interval or self.fetch.interval
+
+
+def resolve_config_path(path: str | Path | None, environ: Mapping[str, str]) -> Path:
+    """Return the config path the user asked for, by flag, environment or default."""
+    if path:
+        return Path(path)
+    if environ.get("AGGREGATOR_CONFIG"):
+        return Path(environ["AGGREGATOR_CONFIG"])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Return validated settings with their feeds; raise ConfigError naming file and key."""
+    environ = os.environ if environ is None else environ
+    config_path = resolve_config_path(path, environ)
+    explicit = config_path != DEFAULT_CONFIG_PATH
+    if config_path.exists():
+        raw = _read_yaml(config_path)
+        base_dir = config_path.parent
+    elif explicit:
+        raise ConfigError(f"{config_path}: no such config file")
+    else:
+        raw, base_dir = {}, DEFAULT_CONFIG_PATH.parent
+    apply_env_overrides(raw, environ)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(config_path, exc)) from None
+    feeds_path = settings.feeds_file
+    if not feeds_path.is_absolute():
+        feeds_path = base_dir / feeds_path
+    if feeds_path.exists():
+        feeds = load_feeds(feeds_path)
+    elif config_path.exists() or "feeds_file" in raw:
+        raise ConfigError(f"{config_path}: feeds_file: {feeds_path} does not exist")
+    else:
+        feeds = ()
+    settings = settings.model_copy(update={"feeds_file": feeds_path}).with_feeds(feeds)
+    settings._source = config_path if config_path.exists() else None
+    return settings
+
+
+def load_feeds(path: Path) -> tuple[FeedConfig, ...]:
+    """Return the feeds listed in a feeds.yaml; raise ConfigError naming the entry and key."""
+    raw = _read_yaml(path)
+    if isinstance(raw, dict) and raw.get("feeds") is None:
+        raw = {**raw, "feeds": []}
+    try:
+        return tuple(FeedsFile.model_validate(raw).feeds)
+    except ValidationError as exc:
+        raise ConfigError(_describe(path, exc, raw)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{line}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Copy AGGREGATOR_* variables into ``raw``; return the setting paths they set."""
+    applied: list[str] = []
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].upper()
+        if key in _NON_SETTING_ENV:
+            continue
+        target = setting_for_env(name)
+        if target is None:
+            continue
+        section, field = target
+        parsed = _env_value(value)
+        if section is None:
+            raw[field] = parsed
+            applied.append(field)
+        else:
+            if not isinstance(raw.get(section), dict):
+                raw[section] = {}
+            raw[section][field] = parsed
+            applied.append(f"{section}.{field}")
+    return applied
+
+
+def setting_for_env(name: str) -> tuple[str | None, str] | None:
+    """Return (section, key) that environment variable ``name`` overrides, or None."""
+    if not name.startswith(ENV_PREFIX):
+        return None
+    key = name[len(ENV_PREFIX) :].lower()
+    sections = {
+        field: info.annotation
+        for field, info in Settings.model_fields.items()
+        if _section_model(info.annotation) is not None
+    }
+    if key in Settings.model_fields and key not in sections:
+        return None, key
+    for section, annotation in sections.items():
+        prefix = section + "_"
+        if key.startswith(prefix):
+            model = _section_model(annotation)
+            assert model is not None
+            sub = key[len(prefix) :]
+            for field, info in model.model_fields.items():
+                if sub in (field, info.alias):
+                    return section, info.alias or field
+    return None
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    candidates = getattr(annotation, "__args__", None) or (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _env_value(value: str) -> Any:
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    # Keep times like 7:00 and anything YAML turns into a date or mapping by accident as text.
+    if isinstance(parsed, bool | float | list) or parsed is None:
+        return parsed
+    if isinstance(parsed, int) and ":" not in value:
+        return parsed
+    return value
+
+
+def _describe(path: Path, exc: ValidationError, raw: Any = None) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = error["loc"]
+        key = ""
+        for part in loc:
+            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        hint = ""
+        if raw is not None and len(loc) >= 2 and loc[0] == "feeds" and isinstance(loc[1], int):
+            try:
+                hint = f" (feed {raw['feeds'][loc[1]].get('url')})"
+            except (AttributeError, IndexError, KeyError, TypeError):
+                hint = ""
+        lines.append(f"{path}: {key or '(top level)'}: {message}{hint}")
+    return "\n".join(lines)

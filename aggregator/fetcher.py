@@ -1,0 +1,242 @@
+"""HTTP fetching: conditional GET with size cap, timeouts, redirects and SSRF protection.
+
+All network access of the product goes through ``Fetcher.fetch``. The connection layer resolves
+each host name itself, refuses non-public addresses unless ``allow_private_networks`` is set, and
+connects to the very address it checked: a DNS answer cannot change between the check and the
+connection (rebinding), and every redirect hop is checked the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from urllib.parse import urljoin, urlsplit
+
+import httpcore
+import httpx
+
+from aggregator.config import FetchSettings
+from aggregator.errors import BlockedAddressError, FetchError
+from aggregator.models import FetchResult
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+FEED_ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/feed+json, application/json;q=0.9, "
+    "application/xml;q=0.9, text/xml;q=0.8, */*;q=0.5"
+)
+PAGE_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.5"
+_REDIRECTS = {301, 302, 303, 307, 308}
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """Return the addresses ``host`` resolves to, through the operating system."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_public_address(address: str) -> bool:
+    """Return True for a globally routable unicast address (IPv4-mapped IPv6 is unwrapped)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves with our resolver, vets the addresses, connects only to a vetted one."""
+
+    def __init__(self, resolver: Resolver, allowed: Callable[[str], bool]) -> None:
+        self._resolver = resolver
+        self._allowed = allowed
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            addresses = await self._resolver(host, port)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise FetchError("dns", f"cannot resolve {host}: {exc}") from None
+        if not addresses:
+            raise FetchError("dns", f"cannot resolve {host}: no addresses")
+        allowed = [a for a in addresses if self._allowed(a)]
+        if not allowed:
+            raise BlockedAddressError(
+                f"{host} resolves to {', '.join(addresses)}, a non-public address "
+                "(set fetch.allow_private_networks to allow it)"
+            )
+        last_error: Exception | None = None
+        for address in allowed:
+            try:
+                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise BlockedAddressError("unix sockets are not fetched")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class Fetcher:
+    """One shared, pooled HTTP client with a global and a per-host concurrency limit."""
+
+    def __init__(
+        self,
+        settings: FetchSettings,
+        *,
+        resolver: Resolver = system_resolver,
+        address_allowed: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``resolver`` and ``address_allowed`` default to the system's DNS and the SSRF policy
+        (public addresses only unless ``allow_private_networks``); tests pass their own."""
+        if address_allowed is None:
+            address_allowed = (
+                (lambda _address: True) if settings.allow_private_networks else is_public_address
+            )
+        self.settings = settings
+        timeout = settings.timeout.total_seconds()
+        limits = httpx.Limits(
+            max_connections=settings.concurrency,
+            max_keepalive_connections=settings.concurrency,
+        )
+        transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+        # httpx has no public hook for the network backend; the pool is rebuilt with ours.
+        transport._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_GuardedBackend(resolver, address_allowed),
+        )
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            follow_redirects=False,
+            headers={"User-Agent": settings.user_agent},
+            trust_env=False,
+        )
+        self._total = timeout
+        self._global = asyncio.Semaphore(settings.concurrency)
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+
+    async def __aenter__(self) -> Fetcher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch(
+        self,
+        url: str,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        accept: str = FEED_ACCEPT,
+    ) -> FetchResult:
+        """Return the response to a GET of ``url`` (200 or 304); raise FetchError otherwise."""
+        headers = {"Accept": accept}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        try:
+            async with self._global, asyncio.timeout(self._total):
+                return await self._follow(url, headers)
+        except TimeoutError:
+            raise FetchError("timeout", f"no complete answer within {self._total:g}s") from None
+        except httpx.HTTPError as exc:
+            raise _classify(exc) from None
+
+    async def _follow(self, url: str, headers: dict[str, str]) -> FetchResult:
+        current = url
+        for _ in range(self.settings.max_redirects + 1):
+            parts = urlsplit(current)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise BlockedAddressError(f"refusing to fetch {current!r}: only http(s) URLs")
+            async with (
+                self._host_slot(parts.hostname),
+                self._client.stream("GET", current, headers=headers) as response,
+            ):
+                location = response.headers.get("location")
+                if response.status_code in _REDIRECTS and location:
+                    current = urljoin(current, location.strip())
+                    continue
+                if response.status_code >= 400:
+                    raise FetchError(
+                        "http",
+                        f"HTTP {response.status_code} {response.reason_phrase}".strip(),
+                        status=response.status_code,
+                    )
+                body = b"" if response.status_code == 304 else await self._read(response)
+                return FetchResult(
+                    url=url,
+                    final_url=current,
+                    status=response.status_code,
+                    body=body,
+                    content_type=response.headers.get("content-type", ""),
+                    etag=response.headers.get("etag"),
+                    last_modified=response.headers.get("last-modified"),
+                    fetched_at=datetime.now(UTC),
+                )
+        raise FetchError(
+            "too_many_redirects", f"more than {self.settings.max_redirects} redirects from {url}"
+        )
+
+    def _host_slot(self, host: str) -> asyncio.Semaphore:
+        slot = self._hosts.get(host)
+        if slot is None:
+            slot = self._hosts[host] = asyncio.Semaphore(self.settings.per_host)
+        return slot
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        # Counted after decompression, so a small gzip bomb cannot expand past the cap.
+        limit = self.settings.max_bytes
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise FetchError("too_large", f"body of {declared} bytes exceeds max_bytes {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise FetchError("too_large", f"body exceeds max_bytes {limit}")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _classify(exc: httpx.HTTPError) -> FetchError:
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return FetchError("timeout", f"timed out: {message}")
+    cause = exc.__context__ or exc.__cause__
+    if isinstance(cause, ssl.SSLError) or "SSL" in message or "CERTIFICATE" in message.upper():
+        return FetchError("tls", f"TLS error: {message}")
+    if isinstance(exc, httpx.ConnectError):
+        return FetchError("connect", f"cannot connect: {message}")
+    if isinstance(exc, httpx.TooManyRedirects):
+        return FetchError("too_many_redirects", message)
+    if isinstance(exc, httpx.DecodingError):
+        return FetchError("http", f"undecodable body: {message}")
+    return FetchError("connect", f"network error: {message}")

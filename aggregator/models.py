@@ -1,0 +1,125 @@
+"""Plain values passed between the pipeline's stages. No I/O here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """One HTTP response, already size-capped and fully read."""
+
+    url: str
+    final_url: str
+    status: int
+    body: bytes
+    content_type: str
+    etag: str | None
+    last_modified: str | None
+    fetched_at: datetime
+
+    @property
+    def not_modified(self) -> bool:
+        return self.status == 304
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEntry:
+    """One feed item as the feed describes it."""
+
+    guid: str | None
+    url: str | None
+    title: str
+    summary_html: str
+    content_html: str
+    published: datetime | None
+    updated: datetime | None
+    author: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    title: str
+    site_url: str | None
+    entries: tuple[ParsedEntry, ...]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractedPage:
+    """What the full-text extractor found on an article page."""
+
+    text: str
+    html: str
+    title: str | None
+    author: str | None
+    published: datetime | None
+    canonical_url: str | None
+    language: str | None
+    site_name: str | None = None
+    image: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewArticle:
+    """An article ready to be stored."""
+
+    feed_url: str
+    entry_key: str
+    url: str
+    title: str
+    author: str | None
+    published: datetime | None
+    summary: str
+    text: str
+    html: str
+    extraction: str  # "page" | "feed" | "none"
+    content_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredArticle:
+    id: int
+    feed_url: str
+    feed_name: str
+    url: str
+    title: str
+    author: str | None
+    published: datetime | None
+    first_seen: datetime
+    summary: str
+    text: str
+    html: str
+    extraction: str
+    duplicate_of: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStatus:
+    """What `aggregator feeds` shows for one configured feed."""
+
+    url: str
+    name: str
+    last_fetch: datetime | None
+    last_status: int | None
+    last_error: str | None
+    error_kind: str | None
+    consecutive_failures: int
+    next_fetch: datetime | None
+    article_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshOutcome:
+    """The result of refreshing one feed."""
+
+    feed_url: str
+    ok: bool
+    status: int | None = None
+    new_articles: int = 0
+    duplicates: int = 0
+    not_modified: bool = False
+    error_kind: str | None = None
+    error: str | None = None
+    warnings: tuple[str, ...] = field(default=())

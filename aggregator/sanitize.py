@@ -1,0 +1,181 @@
+"""Make feed- and page-provided HTML safe to store and to put in an email (nh3), and plain."""
+
+from __future__ import annotations
+
+import re
+from html import escape
+from urllib.parse import urljoin
+
+import lxml.html
+import nh3
+from lxml import etree
+
+_TAGS = {
+    "a",
+    "abbr",
+    "b",
+    "blockquote",
+    "br",
+    "caption",
+    "code",
+    "dd",
+    "del",
+    "dl",
+    "dt",
+    "em",
+    "figcaption",
+    "figure",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "i",
+    "img",
+    "ins",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "q",
+    "s",
+    "small",
+    "strong",
+    "sub",
+    "sup",
+    "table",
+    "tbody",
+    "td",
+    "tfoot",
+    "th",
+    "thead",
+    "tr",
+    "u",
+    "ul",
+}
+_ATTRIBUTES = {
+    "a": {"href", "title"},
+    "img": {"src", "alt", "title", "width", "height"},
+    "td": {"colspan", "rowspan"},
+    "th": {"colspan", "rowspan", "scope"},
+    "abbr": {"title"},
+}
+_BLOCKS = {
+    "p",
+    "div",
+    "br",
+    "li",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+    "pre",
+    "tr",
+    "table",
+    "ul",
+    "ol",
+    "section",
+    "article",
+    "figure",
+    "figcaption",
+    "header",
+    "footer",
+    "hr",
+    "dt",
+    "dd",
+}
+_SPACES = re.compile(r"[ \t\u00a0]+")
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
+def clean_html(html: str, base_url: str | None = None) -> str:
+    """Return ``html`` with only safe tags and attributes, links absolute, no tracking pixels."""
+    if not html.strip():
+        return ""
+
+    def keep_attribute(tag: str, name: str, value: str) -> str | None:
+        if name in ("href", "src"):
+            value = urljoin(base_url, value.strip()) if base_url else value.strip()
+            if not value.lower().startswith(("http://", "https://", "mailto:")):
+                return None
+            if tag == "img" and not value.lower().startswith(("http://", "https://")):
+                return None
+        if tag == "img" and name in ("width", "height") and value.strip() in ("0", "1", "1px"):
+            return None
+        return value
+
+    cleaned = nh3.clean(
+        html,
+        tags=_TAGS,
+        attributes=_ATTRIBUTES,
+        url_schemes={"http", "https", "mailto"},
+        attribute_filter=keep_attribute,
+        link_rel="noopener noreferrer nofollow",
+        strip_comments=True,
+    )
+    return _drop_pixels(cleaned, html)
+
+
+def _drop_pixels(cleaned: str, original: str) -> str:
+    # nh3 keeps <img> without its size once a 1x1 width/height was filtered: find the
+    # pixel's src in the original and drop that image.
+    if "<img" not in cleaned:
+        return cleaned
+    pixels = set(
+        re.findall(
+            r"<img\b(?=[^>]*\b(?:width|height)\s*=\s*[\"']?(?:0|1)(?:px)?[\"'\s>/])"
+            r"[^>]*\bsrc\s*=\s*[\"']([^\"']+)",
+            original,
+            re.IGNORECASE,
+        )
+    )
+    if not pixels:
+        return cleaned
+    for src in pixels:
+        cleaned = re.sub(
+            r"<img\b[^>]*\bsrc=\"[^\"]*" + re.escape(escape(src.split("/")[-1], quote=True)) + r"\"[^>]*>",
+            "",
+            cleaned,
+        )
+    return cleaned
+
+
+def html_to_text(html: str) -> str:
+    """Return the readable text of an HTML fragment: one paragraph per line, blank-line separated."""
+    if not html.strip():
+        return ""
+    try:
+        root = lxml.html.fragment_fromstring(html, create_parent="div")
+    except (etree.ParserError, ValueError):
+        return _SPACES.sub(" ", re.sub(r"<[^>]+>", " ", html)).strip()
+    for bad in root.xpath("//script|//style|//noscript|//template"):
+        bad.drop_tree()
+    parts: list[str] = []
+
+    def walk(element: etree._Element) -> None:
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if tag in _BLOCKS:
+            parts.append("\n\n")
+        if element.text and tag:
+            parts.append(element.text)
+        for child in element:
+            walk(child)
+        if tag in _BLOCKS:
+            parts.append("\n\n")
+        if element.tail:
+            parts.append(element.tail)
+
+    walk(root)
+    text = "".join(parts)
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def text_to_html(text: str) -> str:
+    """Return paragraphs of escaped text, for articles that have only plain text."""
+    return "".join(f"<p>{escape(p.strip())}</p>" for p in re.split(r"\n\s*\n|\n", text) if p.strip())

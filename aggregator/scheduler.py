@@ -1,0 +1,230 @@
+"""The background service: refresh feeds when due, send the digest at its time, stop cleanly.
+
+Time maths is pure (``last_slot``, ``missed_digest``) and takes the clock as an argument; the
+``Service`` wires it to APScheduler's asyncio scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import IO
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy.engine import make_url
+
+from aggregator.config import Settings
+from aggregator.database import normalise_url
+from aggregator.delivery import send_digest
+from aggregator.errors import AggregatorError, StorageError
+from aggregator.fetcher import Fetcher
+from aggregator.pipeline import Pipeline
+from aggregator.store import Store
+
+log = logging.getLogger(__name__)
+
+# A digest missed by less than this (service down at send time) is sent at start-up.
+CATCH_UP = timedelta(hours=12)
+SHUTDOWN_TIMEOUT = 20.0
+
+
+def last_slot(now: datetime, send_at: time, zone: ZoneInfo) -> datetime:
+    """Return the latest scheduled send time at or before ``now`` (aware, in UTC)."""
+    local = now.astimezone(zone)
+    slot = datetime.combine(local.date(), send_at, tzinfo=zone)
+    if slot > local:
+        slot = datetime.combine(local.date() - timedelta(days=1), send_at, tzinfo=zone)
+    return slot.astimezone(UTC)
+
+
+def missed_digest(now: datetime, send_at: time, zone: ZoneInfo, last_sent: datetime | None) -> bool:
+    """Return True when the latest send time passed recently without a delivered digest."""
+    slot = last_slot(now, send_at, zone)
+    if now - slot > CATCH_UP:
+        return False
+    return last_sent is None or last_sent < slot
+
+
+class Service:
+    """`aggregator run`: APScheduler jobs over one Store, one Fetcher and one Pipeline."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], datetime] | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._refreshing: asyncio.Task[object] | None = None
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Run until ``stop()`` (or SIGTERM/SIGINT); raise AggregatorError if it cannot start."""
+        with _single_process_guard(self.settings.database_url):
+            store = await asyncio.to_thread(Store.open, self.settings.database_url)
+            try:
+                async with Fetcher(self.settings.fetch) as fetcher:
+                    pipeline = Pipeline(self.settings, store, fetcher, clock=self.clock)
+                    try:
+                        await self._serve(store, pipeline)
+                    finally:
+                        pipeline.close()
+            finally:
+                store.close()
+
+    async def _serve(self, store: Store, pipeline: Pipeline) -> None:
+        settings = self.settings
+        digest = settings.digest
+        log.info(
+            "service starting feeds=%d digest_at=%s %s database=%s",
+            len(settings.feeds),
+            digest.send_at.strftime("%H:%M"),
+            digest.timezone,
+            _safe_db(settings.database_url),
+        )
+        last_sent = await asyncio.to_thread(store.last_digest_sent, digest.name)
+        if missed_digest(self.clock(), digest.send_at, digest.zone, last_sent):
+            log.info("sending the digest missed while the service was down")
+            await self._digest_job(store)
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self._refresh_job,
+            "interval",
+            args=[store, pipeline],
+            seconds=settings.service.check_every.total_seconds(),
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            id="refresh",
+        )
+        scheduler.add_job(
+            self._digest_job,
+            CronTrigger(hour=digest.send_at.hour, minute=digest.send_at.minute, timezone=digest.zone),
+            args=[store],
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=3600,
+            id="digest",
+        )
+        scheduler.add_job(
+            self._heartbeat, "interval", seconds=15, next_run_time=datetime.now(UTC), id="heartbeat"
+        )
+        loop = asyncio.get_running_loop()
+        signals = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals
+            signals += 1
+            if signals > 1:
+                log.warning("second signal: exiting at once")
+                os._exit(128 + signum)
+            log.info("signal %s: finishing in-flight work, then stopping", signum)
+            self._stopping.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal, sig)
+        scheduler.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            await self._finish_in_flight()
+            with contextlib.suppress(OSError):
+                settings.service.heartbeat_file.unlink()
+        log.info("service stopped")
+
+    async def _finish_in_flight(self) -> None:
+        task = self._refreshing
+        if task is None or task.done():
+            return
+        done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_TIMEOUT)
+        if not done:
+            log.warning("abandoning a refresh still running after %.0fs", SHUTDOWN_TIMEOUT)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _refresh_job(self, store: Store, pipeline: Pipeline) -> None:
+        if self._stopping.is_set():
+            return
+        feeds = self.settings.feeds
+        try:
+            due_urls = set(await asyncio.to_thread(store.due_feeds, [f.url for f in feeds], self.clock()))
+            due = [f for f in feeds if f.url in due_urls]
+            if not due:
+                return
+            self._refreshing = asyncio.ensure_future(pipeline.refresh_all(due))
+            outcomes = await asyncio.shield(self._refreshing)
+        except StorageError as exc:
+            log.error("refresh skipped: %s", exc)
+            return
+        failed = sum(1 for o in outcomes if not o.ok)  # type: ignore[attr-defined]
+        new = sum(o.new_articles for o in outcomes)  # type: ignore[attr-defined]
+        log.info("refresh pass feeds=%d new_articles=%d failed=%d", len(due), new, failed)
+
+    async def _digest_job(self, store: Store) -> None:
+        try:
+            report = await asyncio.to_thread(send_digest, store, self.settings, self.clock())
+        except AggregatorError as exc:
+            log.error("digest not delivered: %s (it will be retried at the next send time)", exc)
+            return
+        if report.digest is not None:
+            log.info("digest delivered items=%d to=%s", report.digest.count, report.destination)
+
+    async def _heartbeat(self) -> None:
+        path = self.settings.service.heartbeat_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.clock().isoformat(), encoding="utf-8")
+        except OSError as exc:
+            log.debug("heartbeat not written: %s", exc)
+
+
+@contextlib.contextmanager
+def _single_process_guard(database_url: str):  # type: ignore[no-untyped-def]
+    """Refuse a second service on the same SQLite file: SQLite is single-writer."""
+    url = make_url(normalise_url(database_url))
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        yield
+        return
+    lock_path = Path(url.database + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = open(lock_path, "a+")  # noqa: SIM115 - held for the service's lifetime
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AggregatorError(
+                f"another 'aggregator run' is using {url.database}; SQLite allows one service "
+                "process (use PostgreSQL to run several)"
+            ) from None
+        yield
+    finally:
+        handle.close()
+
+
+def heartbeat_age(path: Path, now: datetime) -> timedelta | None:
+    """Return how old the service's last heartbeat is, or None when there is none."""
+    try:
+        stamp = datetime.fromisoformat(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+    return now - stamp
+
+
+def _safe_db(url: str) -> str:
+    from aggregator.database import redact
+
+    return redact(normalise_url(url))

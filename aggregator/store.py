@@ -1,0 +1,396 @@
+"""The repository: every read and write of the database, named for what callers want.
+
+One transaction per unit of work: a feed's new articles are written together with the
+feed's fetch record, and a digest run is recorded with its items before the email leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, exists, func, select, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from aggregator.database import create_db_engine, migrate
+from aggregator.dedup import url_key
+from aggregator.errors import StorageError
+from aggregator.models import FeedStatus, NewArticle, StoredArticle
+from aggregator.schema import Article, DigestItem, DigestRun, Feed
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """What the fetcher needs from the last poll of a feed."""
+
+    etag: str | None
+    last_modified: str | None
+    consecutive_failures: int
+
+
+class Store:
+    """Thin repository over one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, database_url: str) -> Store:
+        """Connect, apply pending migrations and return a Store; raise StorageError if unreachable."""
+        engine = create_db_engine(database_url)
+        migrate(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raise StorageError unless the database answers."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            raise StorageError(f"database unreachable: {exc.orig}") from None
+
+    def _session(self) -> Session:
+        return self._sessions()
+
+    # -- feeds -----------------------------------------------------------------------------
+
+    def ensure_feeds(self, urls: Iterable[str], now: datetime) -> None:
+        """Create a row for each configured feed that has none; a new feed is due at once."""
+        wanted = list(dict.fromkeys(urls))
+        with self._session() as session, session.begin():
+            present = set(session.scalars(select(Feed.url).where(Feed.url.in_(wanted))))
+            for url in wanted:
+                if url not in present:
+                    session.add(Feed(url=url, created_at=now, consecutive_failures=0))
+
+    def feed_state(self, url: str) -> FeedState:
+        with self._session() as session:
+            feed = session.scalar(select(Feed).where(Feed.url == url))
+            if feed is None:
+                return FeedState(None, None, 0)
+            return FeedState(feed.etag, feed.last_modified, feed.consecutive_failures)
+
+    def due_feeds(self, urls: Sequence[str], now: datetime) -> list[str]:
+        """Return those of ``urls`` whose next fetch time has come (never fetched: due)."""
+        with self._session() as session:
+            rows = session.execute(select(Feed.url, Feed.next_fetch_at).where(Feed.url.in_(list(urls)))).all()
+        known = {url: due for url, due in rows}
+        return [u for u in urls if known.get(u) is None or known[u] <= now]
+
+    def next_due(self, urls: Sequence[str]) -> datetime | None:
+        """Return the earliest next fetch time among ``urls`` (None when one was never fetched)."""
+        with self._session() as session:
+            times = list(session.scalars(select(Feed.next_fetch_at).where(Feed.url.in_(list(urls)))))
+        if len(times) < len(set(urls)) or any(t is None for t in times):
+            return None
+        return min(t for t in times if t is not None)
+
+    def known_entry_keys(self, feed_url: str, keys: Iterable[str]) -> set[str]:
+        """Return which of ``keys`` are already stored for this feed."""
+        keys = list(keys)
+        if not keys:
+            return set()
+        with self._session() as session:
+            return set(
+                session.scalars(
+                    select(Article.entry_key)
+                    .join(Feed, Feed.id == Article.feed_id)
+                    .where(Feed.url == feed_url, Article.entry_key.in_(keys))
+                )
+            )
+
+    def known_url_keys(self, url_keys: Iterable[str]) -> set[str]:
+        """Return which canonical-URL keys are stored already, in any feed."""
+        url_keys = list(url_keys)
+        if not url_keys:
+            return set()
+        with self._session() as session:
+            return set(session.scalars(select(Article.url_key).where(Article.url_key.in_(url_keys))))
+
+    def store_refresh(
+        self,
+        feed_url: str,
+        articles: Sequence[NewArticle],
+        *,
+        status: int,
+        etag: str | None,
+        last_modified: str | None,
+        title: str | None,
+        site_url: str | None,
+        now: datetime,
+        next_fetch: datetime,
+    ) -> tuple[int, int]:
+        """Store new articles and the successful fetch in one transaction.
+
+        Returns (articles added, of which duplicates of an article already stored).
+        """
+        added = duplicates = 0
+        with self._session() as session, session.begin():
+            feed = self._feed_row(session, feed_url, now)
+            feed.etag, feed.last_modified = etag, last_modified
+            feed.title = title or feed.title
+            feed.site_url = site_url or feed.site_url
+            feed.last_fetch_at = feed.last_success_at = now
+            feed.last_status, feed.last_error, feed.error_kind = status, None, None
+            feed.consecutive_failures = 0
+            feed.next_fetch_at = next_fetch
+            present = set(
+                session.scalars(
+                    select(Article.entry_key).where(
+                        Article.feed_id == feed.id,
+                        Article.entry_key.in_([a.entry_key for a in articles]),
+                    )
+                )
+            )
+            for article in articles:
+                if article.entry_key in present:
+                    continue
+                present.add(article.entry_key)
+                key = url_key(article.url)
+                representative = self._representative(session, key, article.content_hash)
+                row = Article(
+                    feed_id=feed.id,
+                    entry_key=article.entry_key,
+                    url=article.url,
+                    url_key=key,
+                    title=article.title,
+                    author=article.author,
+                    published=article.published,
+                    first_seen=now,
+                    summary=article.summary,
+                    text=article.text,
+                    html=article.html,
+                    extraction=article.extraction,
+                    content_hash=article.content_hash,
+                    duplicate_of=representative,
+                )
+                session.add(row)
+                session.flush()  # later articles of this batch may be duplicates of this one
+                added += 1
+                duplicates += representative is not None
+        return added, duplicates
+
+    @staticmethod
+    def _representative(session: Session, key: str, content_hash: str | None) -> int | None:
+        """Return the id of the earliest stored copy of the same story, or None."""
+        condition = Article.url_key == key
+        if content_hash:
+            condition = condition | (Article.content_hash == content_hash)
+        earliest = session.execute(
+            select(Article.id, Article.duplicate_of).where(condition).order_by(Article.id).limit(1)
+        ).first()
+        if earliest is None:
+            return None
+        return earliest.duplicate_of or earliest.id
+
+    def record_not_modified(self, feed_url: str, *, now: datetime, next_fetch: datetime) -> None:
+        with self._session() as session, session.begin():
+            feed = self._feed_row(session, feed_url, now)
+            feed.last_fetch_at = feed.last_success_at = now
+            feed.last_status, feed.last_error, feed.error_kind = 304, None, None
+            feed.consecutive_failures = 0
+            feed.next_fetch_at = next_fetch
+
+    def record_failure(
+        self,
+        feed_url: str,
+        *,
+        kind: str,
+        message: str,
+        status: int | None,
+        now: datetime,
+        next_fetch: datetime,
+    ) -> int:
+        """Record a failed poll on the feed; return its consecutive failure count."""
+        with self._session() as session, session.begin():
+            feed = self._feed_row(session, feed_url, now)
+            feed.last_fetch_at = now
+            feed.last_status = status
+            feed.error_kind, feed.last_error = kind, message[:2000]
+            feed.consecutive_failures = (feed.consecutive_failures or 0) + 1
+            feed.next_fetch_at = next_fetch
+            return feed.consecutive_failures
+
+    @staticmethod
+    def _feed_row(session: Session, url: str, now: datetime) -> Feed:
+        feed = session.scalar(select(Feed).where(Feed.url == url))
+        if feed is None:
+            feed = Feed(url=url, created_at=now, consecutive_failures=0)
+            session.add(feed)
+            session.flush()
+        return feed
+
+    def feed_statuses(self, feeds: Sequence[tuple[str, str]]) -> list[FeedStatus]:
+        """Return the status of each (url, name) in order, whether or not it was ever fetched."""
+        urls = [url for url, _ in feeds]
+        with self._session() as session:
+            rows = {f.url: f for f in session.scalars(select(Feed).where(Feed.url.in_(urls)))}
+            counts: dict[str, int] = {
+                url: count
+                for url, count in session.execute(
+                    select(Feed.url, func.count(Article.id))
+                    .join(Article, Article.feed_id == Feed.id)
+                    .where(Feed.url.in_(urls))
+                    .group_by(Feed.url)
+                )
+            }
+        result = []
+        for url, name in feeds:
+            row = rows.get(url)
+            result.append(
+                FeedStatus(
+                    url=url,
+                    name=name,
+                    last_fetch=row.last_fetch_at if row else None,
+                    last_status=row.last_status if row else None,
+                    last_error=row.last_error if row else None,
+                    error_kind=row.error_kind if row else None,
+                    consecutive_failures=row.consecutive_failures if row else 0,
+                    next_fetch=row.next_fetch_at if row else None,
+                    article_count=counts.get(url, 0),
+                )
+            )
+        return result
+
+    # -- articles --------------------------------------------------------------------------
+
+    def list_articles(
+        self,
+        *,
+        since: datetime | None = None,
+        feed_url: str | None = None,
+        limit: int | None = None,
+    ) -> list[StoredArticle]:
+        """Return stored articles, newest first."""
+        query = _article_query()
+        if since is not None:
+            query = query.where(Article.first_seen >= since)
+        if feed_url is not None:
+            query = query.where(Feed.url == feed_url)
+        query = query.order_by(Article.first_seen.desc(), Article.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session() as session:
+            return [_to_stored(row) for row in session.execute(query)]
+
+    def unsent_articles(self, digest_name: str, *, since: datetime | None = None) -> list[StoredArticle]:
+        """Return articles no delivered run of this digest included, oldest first."""
+        sent = (
+            select(DigestItem.article_id)
+            .join(DigestRun, DigestRun.id == DigestItem.run_id)
+            .where(DigestRun.digest_name == digest_name, DigestRun.status == "sent")
+            .where(DigestItem.article_id == Article.id)
+        )
+        query = _article_query().where(~exists(sent))
+        if since is not None:
+            query = query.where(Article.first_seen >= since)
+        query = query.order_by(Article.first_seen, Article.id)
+        with self._session() as session:
+            return [_to_stored(row) for row in session.execute(query)]
+
+    def sent_article_ids(self, digest_name: str, ids: Iterable[int]) -> set[int]:
+        """Return which of ``ids`` a delivered run of this digest already included."""
+        ids = list(ids)
+        if not ids:
+            return set()
+        with self._session() as session:
+            return set(
+                session.scalars(
+                    select(DigestItem.article_id)
+                    .join(DigestRun, DigestRun.id == DigestItem.run_id)
+                    .where(
+                        DigestRun.digest_name == digest_name,
+                        DigestRun.status == "sent",
+                        DigestItem.article_id.in_(ids),
+                    )
+                )
+            )
+
+    # -- digest runs -----------------------------------------------------------------------
+
+    def begin_digest_run(
+        self,
+        digest_name: str,
+        run_key: str,
+        message_id: str,
+        article_ids: Sequence[int],
+        now: datetime,
+    ) -> int:
+        """Record a run about to be delivered with its items; reuse a pending run of the same key."""
+        with self._session() as session, session.begin():
+            run = session.scalar(select(DigestRun).where(DigestRun.run_key == run_key))
+            if run is None:
+                run = DigestRun(
+                    digest_name=digest_name,
+                    run_key=run_key,
+                    message_id=message_id,
+                    status="pending",
+                    created_at=now,
+                )
+                session.add(run)
+                session.flush()
+            elif run.status == "sent":
+                raise StorageError(f"digest run {run_key} was already delivered")
+            session.query(DigestItem).filter(DigestItem.run_id == run.id).delete()
+            session.add_all(DigestItem(run_id=run.id, article_id=i) for i in set(article_ids))
+            run.status, run.item_count, run.error = "pending", len(set(article_ids)), None
+            return run.id
+
+    def finish_digest_run(self, run_id: int, now: datetime) -> None:
+        with self._session() as session, session.begin():
+            run = session.get(DigestRun, run_id)
+            if run is not None:
+                run.status, run.sent_at = "sent", now
+
+    def fail_digest_run(self, run_id: int, error: str) -> None:
+        with self._session() as session, session.begin():
+            run = session.get(DigestRun, run_id)
+            if run is not None:
+                run.status, run.error = "failed", error[:2000]
+
+    def digest_run_status(self, run_key: str) -> str | None:
+        with self._session() as session:
+            return session.scalar(select(DigestRun.status).where(DigestRun.run_key == run_key))
+
+    def last_digest_sent(self, digest_name: str) -> datetime | None:
+        with self._session() as session:
+            return session.scalar(
+                select(func.max(DigestRun.sent_at)).where(
+                    DigestRun.digest_name == digest_name, DigestRun.status == "sent"
+                )
+            )
+
+
+def _article_query():  # type: ignore[no-untyped-def]
+    return select(Article, Feed.url, Feed.title).join(Feed, Feed.id == Article.feed_id)
+
+
+def _to_stored(row: object) -> StoredArticle:
+    article, feed_url, feed_title = row  # type: ignore[misc]
+    return StoredArticle(
+        id=article.id,
+        feed_url=feed_url,
+        feed_name=feed_title or feed_url,
+        url=article.url,
+        title=article.title,
+        author=article.author,
+        published=article.published,
+        first_seen=article.first_seen,
+        summary=article.summary,
+        text=article.text,
+        html=article.html,
+        extraction=article.extraction,
+        duplicate_of=article.duplicate_of,
+    )
+
+
+def wrap_errors(exc: SQLAlchemyError) -> StorageError:
+    """Return a StorageError with a one-line reason for a SQLAlchemy failure."""
+    orig = getattr(exc, "orig", None) or exc
+    return StorageError(f"database error: {str(orig).strip().splitlines()[0]}")

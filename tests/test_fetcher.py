@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from aggregator.config import FetchSettings
+from aggregator.errors import BlockedAddressError, FetchError
+from aggregator.fetcher import Fetcher, is_public_address
+from aggregator.models import FetchResult
+
+from .conftest import free_port
+
+
+def fetch(settings: FetchSettings, url: str, **kwargs: object) -> FetchResult:
+    fetcher_args = {k: kwargs.pop(k) for k in ("resolver", "address_allowed") if k in kwargs}
+
+    async def go() -> FetchResult:
+        async with Fetcher(settings, **fetcher_args) as fetcher:  # type: ignore[arg-type]
+            return await fetcher.fetch(url, **kwargs)  # type: ignore[arg-type]
+
+    return asyncio.run(go())
+
+
+LOOPBACK_OK = FetchSettings(allow_private_networks=True, timeout="5s")
+
+
+def test_conditional_get_round_trip(httpserver: HTTPServer) -> None:
+    def conditional(request: Request) -> Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return Response(status=304)
+        return Response(
+            "<rss/>", headers={"ETag": '"v1"', "Last-Modified": "Mon, 14 Aug 2017 10:00:00 GMT"}
+        )
+
+    httpserver.expect_request("/feed").respond_with_handler(conditional)
+    first = fetch(LOOPBACK_OK, httpserver.url_for("/feed"))
+    assert (first.status, first.etag, first.body) == (200, '"v1"', b"<rss/>")
+    assert first.last_modified == "Mon, 14 Aug 2017 10:00:00 GMT"
+    second = fetch(LOOPBACK_OK, httpserver.url_for("/feed"), etag=first.etag,
+                   last_modified=first.last_modified)
+    assert second.not_modified and second.body == b""
+
+
+def test_sends_an_honest_user_agent(httpserver: HTTPServer) -> None:
+    settings = FetchSettings(allow_private_networks=True, user_agent="aggregator/test (+ua check)")
+    httpserver.expect_request("/ua", headers={"User-Agent": "aggregator/test (+ua check)"}) \
+        .respond_with_data("ok")
+    assert fetch(settings, httpserver.url_for("/ua")).body == b"ok"
+
+
+def test_loopback_refused_by_default_and_nothing_is_sent(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/feed").respond_with_data("secret")
+    with pytest.raises(BlockedAddressError, match="non-public address"):
+        fetch(FetchSettings(), httpserver.url_for("/feed"))
+    assert httpserver.log == []
+
+
+def test_name_resolving_to_loopback_is_refused(httpserver: HTTPServer) -> None:
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    httpserver.expect_request("/feed").respond_with_data("secret")
+    url = f"http://feeds.example.test:{httpserver.port}/feed"
+    with pytest.raises(BlockedAddressError):
+        fetch(FetchSettings(), url, resolver=resolver)
+    assert httpserver.log == []
+    # allow_private_networks lifts it, and the connection goes to the address we resolved
+    result = fetch(LOOPBACK_OK, url, resolver=resolver)
+    assert result.body == b"secret"
+
+
+def test_every_redirect_hop_is_checked(httpserver: HTTPServer) -> None:
+    # Only 127.0.0.1 counts as allowed here; the redirect points at 127.0.0.2 (still loopback,
+    # so even a broken guard would send nothing off this machine).
+    target = f"http://127.0.0.2:{httpserver.port}/internal"
+    httpserver.expect_request("/start").respond_with_data("", status=302,
+                                                          headers={"Location": target})
+    with pytest.raises(BlockedAddressError):
+        fetch(FetchSettings(), httpserver.url_for("/start"),
+              address_allowed=lambda address: address == "127.0.0.1")
+    assert [entry[0].path for entry in httpserver.log] == ["/start"]
+
+
+def test_non_http_schemes_refused() -> None:
+    with pytest.raises(BlockedAddressError, match="only http"):
+        fetch(LOOPBACK_OK, "file:///etc/passwd")
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.215.14", True),
+        ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("169.254.169.254", False),
+        ("0.0.0.0", False),
+        ("224.0.0.1", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fc00::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:169.254.169.254", False),
+        ("::ffff:93.184.215.14", True),
+    ],
+)
+def test_address_policy(address: str, public: bool) -> None:
+    assert is_public_address(address) is public
+
+
+def test_redirects_are_followed_and_capped(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/a").respond_with_data("", status=301, headers={"Location": "/b"})
+    httpserver.expect_request("/b").respond_with_data("", status=308, headers={"Location": "/c"})
+    httpserver.expect_request("/c").respond_with_data("done")
+    result = fetch(LOOPBACK_OK, httpserver.url_for("/a"))
+    assert result.body == b"done" and result.final_url.endswith("/c")
+    httpserver.expect_request("/loop").respond_with_data("", status=302,
+                                                         headers={"Location": "/loop"})
+    with pytest.raises(FetchError) as caught:
+        fetch(LOOPBACK_OK, httpserver.url_for("/loop"))
+    assert caught.value.kind == "too_many_redirects"
+    assert len(httpserver.log) <= 3 + LOOPBACK_OK.max_redirects + 1
+
+
+def test_http_errors_are_classified(httpserver: HTTPServer) -> None:
+    httpserver.expect_request("/gone").respond_with_data("", status=404)
+    with pytest.raises(FetchError) as caught:
+        fetch(LOOPBACK_OK, httpserver.url_for("/gone"))
+    assert (caught.value.kind, caught.value.status) == ("http", 404)
+
+
+def test_body_over_max_bytes_is_refused(httpserver: HTTPServer) -> None:
+    settings = FetchSettings(allow_private_networks=True, max_bytes="100KB")
+    httpserver.expect_request("/big").respond_with_data(b"x" * 200_000)
+    with pytest.raises(FetchError) as caught:
+        fetch(settings, httpserver.url_for("/big"))
+    assert caught.value.kind == "too_large"
+
+
+def test_gzip_bomb_is_stopped_after_decompression(httpserver: HTTPServer) -> None:
+    settings = FetchSettings(allow_private_networks=True, max_bytes="100KB")
+    bomb = gzip.compress(b"\0" * 20_000_000)
+    assert len(bomb) < 100_000
+    httpserver.expect_request("/bomb").respond_with_data(
+        bomb, headers={"Content-Encoding": "gzip"}, content_type="application/xml"
+    )
+    with pytest.raises(FetchError) as caught:
+        fetch(settings, httpserver.url_for("/bomb"))
+    assert caught.value.kind == "too_large"
+
+
+@pytest.fixture
+def drip_server(httpserver: HTTPServer) -> Iterator[str]:
+    def drip(request: Request) -> Response:
+        def body() -> Iterator[bytes]:
+            for _ in range(30):  # bounded: 30 bytes over about 3 seconds
+                time.sleep(0.1)
+                yield b"x"
+        return Response(body(), content_type="application/xml")
+
+    httpserver.expect_request("/drip").respond_with_handler(drip)
+    yield httpserver.url_for("/drip")
+
+
+def test_slow_drip_is_cut_off_by_the_total_timeout(drip_server: str) -> None:
+    settings = FetchSettings(allow_private_networks=True, timeout="1s")
+    started = time.monotonic()
+    with pytest.raises(FetchError) as caught:
+        fetch(settings, drip_server)
+    assert caught.value.kind == "timeout"
+    assert time.monotonic() - started < 2.5
+
+
+def test_dns_failure_and_refused_connection() -> None:
+    async def no_such_host(host: str, port: int) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(FetchError) as caught:
+        fetch(LOOPBACK_OK, "http://nowhere.test/feed", resolver=no_such_host)
+    assert caught.value.kind == "dns"
+    with pytest.raises(FetchError) as caught:
+        fetch(LOOPBACK_OK, f"http://127.0.0.1:{free_port()}/feed")
+    assert caught.value.kind == "connect"

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from aggregator.pipeline import retry_delay
+from aggregator.scheduler import last_slot, missed_digest
+
+PARIS = ZoneInfo("Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        # 07:00 in Paris is 06:00 UTC in winter
+        (datetime(2026, 11, 28, 6, 30, tzinfo=UTC), datetime(2026, 11, 28, 6, 0, tzinfo=UTC)),
+        (datetime(2026, 11, 28, 5, 59, tzinfo=UTC), datetime(2026, 11, 27, 6, 0, tzinfo=UTC)),
+        # and 05:00 UTC in summer
+        (datetime(2026, 7, 1, 5, 0, tzinfo=UTC), datetime(2026, 7, 1, 5, 0, tzinfo=UTC)),
+        # the night the clocks go back (25 Oct 2026) still has one 07:00
+        (datetime(2026, 10, 25, 12, 0, tzinfo=UTC), datetime(2026, 10, 25, 6, 0, tzinfo=UTC)),
+    ],
+)
+def test_last_slot(now: datetime, expected: datetime) -> None:
+    assert last_slot(now, time(7, 0), PARIS) == expected
+
+
+def test_missed_digest_is_caught_up_once_and_only_recently() -> None:
+    slot = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
+    at = time(7, 0)
+    assert missed_digest(slot + timedelta(hours=2), at, PARIS, last_sent=None)
+    assert missed_digest(slot + timedelta(hours=2), at, PARIS, slot - timedelta(days=1))
+    assert not missed_digest(slot + timedelta(hours=2), at, PARIS, slot + timedelta(minutes=1))
+    assert not missed_digest(slot + timedelta(hours=13), at, PARIS, last_sent=None)
+
+
+def test_retry_delay_backs_off_exponentially_with_a_cap() -> None:
+    interval = timedelta(minutes=30)
+    delays = [retry_delay(interval, n).total_seconds() for n in range(1, 12)]
+    assert 0.9 * 1800 <= delays[0] <= 1.1 * 1800
+    assert 0.9 * 3600 <= delays[1] <= 1.1 * 3600
+    assert all(d <= 24 * 3600 for d in delays)
+    assert delays[-1] >= 0.9 * 24 * 3600
