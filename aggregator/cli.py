@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--log-level",
-        default=None,
+        default=os.environ.get("AGGREGATOR_LOG_LEVEL", "").lower() or None,
         choices=["debug", "info", "warning", "error"],
         help="log detail on stderr (default: info for run, warning otherwise)",
     )

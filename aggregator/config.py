@@ -13,6 +13,7 @@ by ``smtp.password_env`` or from ``smtp.password_file``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ from pydantic import (
 
 from aggregator import __version__
 from aggregator.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("config/aggregator.yaml")
 ENV_PREFIX = "AGGREGATOR_"
@@ -385,6 +388,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list
             continue
         target = setting_for_env(name)
         if target is None:
+            log.warning("ignoring environment variable %s: it names no setting", name)
             continue
         section, field = target
         parsed = _env_value(value)

@@ -28,7 +28,7 @@ _DARK_MODE = """<style>
   .card { background: #22201d !important; }
   h1, h3 a, .summary { color: #ece7de !important; }
   .meta, .also, .also a, .lede, .kicker, .footer, .footer a, .toc a, .more { color: #a9a194 !important; }
-  h2 { color: #e0a97e !important; border-top-color: #3a3631 !important; }
+  h2 { color: #e0a97e !important; }
   .masthead, .item { border-color: #3a3631 !important; }
 }
 </style>"""

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from datetime import UTC, datetime
 
-import trafilatura
 from lxml import etree
 
 from aggregator.models import ExtractedPage
 from aggregator.sanitize import clean_html, text_to_html
+
+# trafilatura's downloader imports urllib3's SOCKS support, which warns when PySocks is absent;
+# we never download through trafilatura, so that warning is only noise on a user's stderr.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
+    import trafilatura
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +41,12 @@ def extract_page(html: str | bytes, url: str | None = None) -> ExtractedPage | N
         return None
     if document is None or not (document.text or "").strip():
         return None
-    text = document.text.strip()
+    text = _without_headline(document.text.strip(), document.title)
+    if not text:
+        return None
     return ExtractedPage(
         text=text,
-        html=_render_html(document, text, url),
+        html=_render_html(document, text, url, document.title),
         title=(document.title or "").strip() or None,
         author=(document.author or "").strip() or None,
         published=_date(document.date),
@@ -49,13 +57,40 @@ def extract_page(html: str | bytes, url: str | None = None) -> ExtractedPage | N
     )
 
 
-def _render_html(document: trafilatura.settings.Document, text: str, url: str | None) -> str:
+def _without_headline(text: str, title: str | None) -> str:
+    """Drop a first line that only repeats the headline (kept when it sits in the body)."""
+    first, _, rest = text.partition("\n")
+    if title and (_same_words(first, title) or _same_words(first, title.rsplit(" - ", 1)[0])):
+        return rest.strip()
+    return text
+
+
+def _same_words(a: str, b: str) -> bool:
+    def words(value: str) -> list[str]:
+        return "".join(c if c.isalnum() else " " for c in value.casefold()).split()
+
+    return bool(words(a)) and words(a) == words(b)
+
+
+def _render_html(
+    document: trafilatura.settings.Document, text: str, url: str | None, title: str | None
+) -> str:
     body = getattr(document, "body", None)
     if body is not None and len(body):
         try:
             from trafilatura.htmlprocessing import convert_to_html
 
-            rendered = etree.tostring(convert_to_html(body), encoding="unicode", method="html")
+            tree = convert_to_html(body)
+            content = tree.find("body")
+            content = tree if content is None else content
+            first = next(iter(content), None)
+            if (
+                first is not None
+                and first.tag in ("h1", "h2", "h3")
+                and not _without_headline("".join(first.itertext()), title)
+            ):
+                content.remove(first)
+            rendered = etree.tostring(tree, encoding="unicode", method="html")
             cleaned = clean_html(rendered, url)
             if cleaned.strip():
                 return cleaned

@@ -152,7 +152,8 @@ class Pipeline:
             feed_url=feed.url,
             entry_key=key,
             url=article_url,
-            title=(page.title if page and page.title else None) or entry.title or article_url,
+            # The feed's headline is the publisher's own, without the "- Site Name" of <title>.
+            title=entry.title or (page_title(page) if page else "") or article_url,
             author=(page.author if page and page.author else None) or entry.author,
             published=entry.published or (page.published if page else None),
             summary=html_to_text(entry.summary_html),
@@ -216,6 +217,17 @@ def retry_delay(interval: timedelta, failures: int, rng: random.Random | None = 
     base = min(interval * (2 ** max(0, failures - 1)), MAX_BACKOFF)
     jitter = (rng or random).uniform(0.9, 1.1)
     return min(base * jitter, MAX_BACKOFF)
+
+
+def page_title(page: ExtractedPage) -> str:
+    """Return the page's title without a trailing " - Site Name" or " | Site Name"."""
+    title = page.title or ""
+    if page.site_name:
+        for separator in (" - ", " | ", " – ", " — ", " :: "):
+            suffix = separator + page.site_name
+            if title.endswith(suffix) and len(title) > len(suffix):
+                return title[: -len(suffix)].strip()
+    return title
 
 
 def _article_url(final_url: str, canonical: str | None) -> str:

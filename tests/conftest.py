@@ -56,9 +56,7 @@ def serve(
 ) -> str:
     """Serve a fixture file at ``path`` (``{base}`` filled in); return its URL."""
     body = fixture_text(relative, base_url(httpserver))
-    httpserver.expect_request(path).respond_with_data(
-        body, content_type=content_type, headers=headers or {}
-    )
+    httpserver.expect_request(path).respond_with_data(body, content_type=content_type, headers=headers or {})
     return httpserver.url_for(path)
 
 
@@ -125,7 +123,7 @@ def _postgres_schema_url(schema: str) -> str:
     base = POSTGRES_URL
     for prefix in ("postgres://", "postgresql://"):
         if base.startswith(prefix):
-            base = "postgresql+psycopg://" + base[len(prefix):]
+            base = "postgresql+psycopg://" + base[len(prefix) :]
     separator = "&" if "?" in base else "?"
     return f"{base}{separator}options=-csearch_path%3D{schema}"
 
@@ -181,9 +179,7 @@ def write_config(tmp_path: Path) -> ConfigWriter:
             else:
                 config[key] = value
         (folder / "aggregator.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-        (folder / "feeds.yaml").write_text(
-            yaml.safe_dump({"feeds": feeds or []}), encoding="utf-8"
-        )
+        (folder / "feeds.yaml").write_text(yaml.safe_dump({"feeds": feeds or []}), encoding="utf-8")
         return folder / "aggregator.yaml"
 
     return write

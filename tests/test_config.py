@@ -89,7 +89,9 @@ def test_environment_overrides(write_config: ConfigWriter) -> None:
     assert settings.database_url == "postgresql://u@db/agg"
     assert settings.smtp is not None
     assert (settings.smtp.host, settings.smtp.port, settings.smtp.starttls) == (
-        "mail.example.net", 2525, False,
+        "mail.example.net",
+        2525,
+        False,
     )
     assert settings.fetch.timeout == timedelta(seconds=45)
     assert settings.digest.send_at == time(6, 30)
@@ -100,14 +102,14 @@ def test_environment_overrides(write_config: ConfigWriter) -> None:
 def test_setting_for_env_names() -> None:
     assert setting_for_env("AGGREGATOR_SMTP_HOST") == ("smtp", "host")
     assert setting_for_env("AGGREGATOR_FETCH_ALLOW_PRIVATE_NETWORKS") == (
-        "fetch", "allow_private_networks",
+        "fetch",
+        "allow_private_networks",
     )
     assert setting_for_env("AGGREGATOR_DATABASE_URL") == (None, "database_url")
     assert setting_for_env("AGGREGATOR_SMTP_HOSTNAME") is None
 
 
-def test_smtp_password_comes_from_environment_or_file(write_config: ConfigWriter,
-                                                      tmp_path: Path) -> None:
+def test_smtp_password_comes_from_environment_or_file(write_config: ConfigWriter, tmp_path: Path) -> None:
     path = write_config(smtp={"host": "localhost", "username": "me"})
     settings = load_settings(path, environ={})
     assert settings.smtp is not None

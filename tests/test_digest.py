@@ -17,11 +17,25 @@ FEEDS = [
 SETTINGS = DigestSettings(to=["reader@example.com"], send_at=time(7, 0), timezone="Europe/Paris")
 
 
-def stored(id: int, feed: str, title: str, text: str = "Body text.", duplicate_of: int | None = None,
-           hour: int = 5) -> StoredArticle:
+def stored(
+    id: int, feed: str, title: str, text: str = "Body text.", duplicate_of: int | None = None, hour: int = 5
+) -> StoredArticle:
     when = datetime(2026, 11, 28, hour, 0, tzinfo=UTC)
-    return StoredArticle(id, feed, "feed title", f"https://x.example/{id}", title, "Ann Author",
-                         when, when, "Feed summary.", text, f"<p>{text}</p>", "page", duplicate_of)
+    return StoredArticle(
+        id,
+        feed,
+        "feed title",
+        f"https://x.example/{id}",
+        title,
+        "Ann Author",
+        when,
+        when,
+        "Feed summary.",
+        text,
+        f"<p>{text}</p>",
+        "page",
+        duplicate_of,
+    )
 
 
 def test_groups_follow_feeds_yaml_and_duplicates_fold_in() -> None:
@@ -36,9 +50,7 @@ def test_groups_follow_feeds_yaml_and_duplicates_fold_in() -> None:
     assert [g.name for g in digest.groups] == ["World", "Gamma Tech"]
     world = digest.groups[0]
     assert [i.title for i in world.items] == ["Later world story", "World story"]  # newest first
-    assert [(o.source, o.url) for o in world.items[1].also_in] == [
-        ("Beta Wire", "https://x.example/3")
-    ]
+    assert [(o.source, o.url) for o in world.items[1].also_in] == [("Beta Wire", "https://x.example/3")]
     assert digest.count == 3 and digest.duplicates == 1
     assert digest.article_ids == (1, 2, 3, 4)
     assert world.items[1].published_label == "Sat 28 Nov, 05:00"  # Europe/Paris
@@ -73,8 +85,12 @@ def test_summary_cuts_at_a_sentence() -> None:
 
 
 def test_hostile_feed_text_is_escaped() -> None:
-    evil = stored(1, "https://c.example/feed", '<script>alert("x")</script>Title\r\nBcc: x@evil',
-                  text='<img src=x onerror="alert(1)"> text')
+    evil = stored(
+        1,
+        "https://c.example/feed",
+        '<script>alert("x")</script>Title\r\nBcc: x@evil',
+        text='<img src=x onerror="alert(1)"> text',
+    )
     digest = build_digest([evil], set(), FEEDS, SETTINGS, NOW)
     assert digest is not None
     html = render_html(digest)
@@ -97,7 +113,7 @@ def test_message_is_two_part_with_stable_id() -> None:
     assert message["Message-ID"] == again["Message-ID"]
     assert message["Message-ID"].endswith("@example.com>")
     assert message["Auto-Submitted"] == "auto-generated"
-    assert "Your daily digest, 28 Nov 2026: 1 story" == message["Subject"]
+    assert message["Subject"] == "Your daily digest, 28 Nov 2026: 1 story"
     text = render_text(digest)
     assert "Hello & welcome" in text and "https://x.example/1" in text
     html = render_html(digest)

@@ -35,23 +35,23 @@ def test_conditional_get_round_trip(httpserver: HTTPServer) -> None:
     def conditional(request: Request) -> Response:
         if request.headers.get("If-None-Match") == '"v1"':
             return Response(status=304)
-        return Response(
-            "<rss/>", headers={"ETag": '"v1"', "Last-Modified": "Mon, 14 Aug 2017 10:00:00 GMT"}
-        )
+        return Response("<rss/>", headers={"ETag": '"v1"', "Last-Modified": "Mon, 14 Aug 2017 10:00:00 GMT"})
 
     httpserver.expect_request("/feed").respond_with_handler(conditional)
     first = fetch(LOOPBACK_OK, httpserver.url_for("/feed"))
     assert (first.status, first.etag, first.body) == (200, '"v1"', b"<rss/>")
     assert first.last_modified == "Mon, 14 Aug 2017 10:00:00 GMT"
-    second = fetch(LOOPBACK_OK, httpserver.url_for("/feed"), etag=first.etag,
-                   last_modified=first.last_modified)
+    second = fetch(
+        LOOPBACK_OK, httpserver.url_for("/feed"), etag=first.etag, last_modified=first.last_modified
+    )
     assert second.not_modified and second.body == b""
 
 
 def test_sends_an_honest_user_agent(httpserver: HTTPServer) -> None:
     settings = FetchSettings(allow_private_networks=True, user_agent="aggregator/test (+ua check)")
-    httpserver.expect_request("/ua", headers={"User-Agent": "aggregator/test (+ua check)"}) \
-        .respond_with_data("ok")
+    httpserver.expect_request("/ua", headers={"User-Agent": "aggregator/test (+ua check)"}).respond_with_data(
+        "ok"
+    )
     assert fetch(settings, httpserver.url_for("/ua")).body == b"ok"
 
 
@@ -80,11 +80,13 @@ def test_every_redirect_hop_is_checked(httpserver: HTTPServer) -> None:
     # Only 127.0.0.1 counts as allowed here; the redirect points at 127.0.0.2 (still loopback,
     # so even a broken guard would send nothing off this machine).
     target = f"http://127.0.0.2:{httpserver.port}/internal"
-    httpserver.expect_request("/start").respond_with_data("", status=302,
-                                                          headers={"Location": target})
+    httpserver.expect_request("/start").respond_with_data("", status=302, headers={"Location": target})
     with pytest.raises(BlockedAddressError):
-        fetch(FetchSettings(), httpserver.url_for("/start"),
-              address_allowed=lambda address: address == "127.0.0.1")
+        fetch(
+            FetchSettings(),
+            httpserver.url_for("/start"),
+            address_allowed=lambda address: address == "127.0.0.1",
+        )
     assert [entry[0].path for entry in httpserver.log] == ["/start"]
 
 
@@ -123,8 +125,7 @@ def test_redirects_are_followed_and_capped(httpserver: HTTPServer) -> None:
     httpserver.expect_request("/c").respond_with_data("done")
     result = fetch(LOOPBACK_OK, httpserver.url_for("/a"))
     assert result.body == b"done" and result.final_url.endswith("/c")
-    httpserver.expect_request("/loop").respond_with_data("", status=302,
-                                                         headers={"Location": "/loop"})
+    httpserver.expect_request("/loop").respond_with_data("", status=302, headers={"Location": "/loop"})
     with pytest.raises(FetchError) as caught:
         fetch(LOOPBACK_OK, httpserver.url_for("/loop"))
     assert caught.value.kind == "too_many_redirects"
@@ -165,6 +166,7 @@ def drip_server(httpserver: HTTPServer) -> Iterator[str]:
             for _ in range(30):  # bounded: 30 bytes over about 3 seconds
                 time.sleep(0.1)
                 yield b"x"
+
         return Response(body(), content_type="application/xml")
 
     httpserver.expect_request("/drip").respond_with_handler(drip)

@@ -46,16 +46,22 @@ def test_server_down_is_a_delivery_error() -> None:
 
 
 class _Authenticator:
-    def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str,
-                 auth_data: Any) -> AuthResult:
+    def __call__(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and auth_data.password == b"s3cret"
         return AuthResult(success=ok, handled=False)
 
 
 def test_login_uses_the_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     sink = SmtpSink("127.0.0.1", free_port())
-    controller = Controller(_Handler(sink), hostname=sink.host, port=sink.port,
-                            authenticator=_Authenticator(), auth_require_tls=False)
+    controller = Controller(
+        _Handler(sink),
+        hostname=sink.host,
+        port=sink.port,
+        authenticator=_Authenticator(),
+        auth_require_tls=False,
+    )
     controller.start()
     try:
         settings = SmtpSettings(host=sink.host, port=sink.port, starttls=False, username="me")

@@ -38,7 +38,9 @@ def test_import_appends_only_new_feeds_and_keeps_comments(tmp_path: Path) -> Non
     text = feeds_file.read_text()
     assert text.startswith("# my feeds\n")
     assert [f.url for f in load_feeds(feeds_file)] == [
-        "https://alpha.example/feed", "https://beta.example/rss", "https://loose.example/atom",
+        "https://alpha.example/feed",
+        "https://beta.example/rss",
+        "https://loose.example/atom",
     ]
     assert import_opml(opml_file, feeds_file) == (0, 3)  # idempotent
 
@@ -72,6 +74,8 @@ def test_export_round_trips() -> None:
     )
     document = export_opml(feeds)
     back = read_opml(document.encode())
-    assert [(f.url, f.name) for f in back] == [("https://a.example/f", "A & Co"),
-                                               ("https://b.example/f", "b.example")]
+    assert [(f.url, f.name) for f in back] == [
+        ("https://a.example/f", "A & Co"),
+        ("https://b.example/f", "b.example"),
+    ]
     assert back[0].tags == ["world", "daily"]

@@ -9,8 +9,9 @@ from aggregator.models import FetchResult
 from aggregator.parser import parse_feed
 
 
-def result(body: str | bytes, content_type: str = "application/xml",
-           url: str = "https://site.example/feed/") -> FetchResult:
+def result(
+    body: str | bytes, content_type: str = "application/xml", url: str = "https://site.example/feed/"
+) -> FetchResult:
     data = body.encode("utf-8") if isinstance(body, str) else body
     return FetchResult(url, url, 200, data, content_type, None, None, datetime.now(UTC))
 

@@ -19,14 +19,33 @@ LONG_TEXT = " ".join(f"word{i}" for i in range(80))
 
 
 def article(key: str, url: str, text: str = "", feed: str = "https://a.example/feed") -> NewArticle:
-    return NewArticle(feed, key, url, f"Title {key}", "Author", NOW, "summary", text,
-                      f"<p>{text}</p>", "page" if text else "none",
-                      None if not text else __import__("aggregator.dedup").dedup.text_hash(text))
+    return NewArticle(
+        feed,
+        key,
+        url,
+        f"Title {key}",
+        "Author",
+        NOW,
+        "summary",
+        text,
+        f"<p>{text}</p>",
+        "page" if text else "none",
+        None if not text else __import__("aggregator.dedup").dedup.text_hash(text),
+    )
 
 
 def store_batch(store: Store, feed: str, articles: list[NewArticle]) -> tuple[int, int]:
-    return store.store_refresh(feed, articles, status=200, etag='"e"', last_modified=None,
-                               title="Feed", site_url=None, now=NOW, next_fetch=NOW)
+    return store.store_refresh(
+        feed,
+        articles,
+        status=200,
+        etag='"e"',
+        last_modified=None,
+        title="Feed",
+        site_url=None,
+        now=NOW,
+        next_fetch=NOW,
+    )
 
 
 @pytest.fixture
@@ -49,21 +68,27 @@ def test_migrations_match_the_models(database_url: str) -> None:
 def test_articles_are_stored_once_per_entry(store: Store) -> None:
     feed = "https://a.example/feed"
     assert store_batch(store, feed, [article("k1", "https://a.example/1")]) == (1, 0)
-    assert store_batch(store, feed, [article("k1", "https://a.example/1"),
-                                     article("k2", "https://a.example/2")]) == (1, 0)
+    assert store_batch(
+        store, feed, [article("k1", "https://a.example/1"), article("k2", "https://a.example/2")]
+    ) == (1, 0)
     assert store.known_entry_keys(feed, ["k1", "k2", "k3"]) == {"k1", "k2"}
     assert len(store.list_articles()) == 2
 
 
 def test_same_url_or_same_text_in_another_feed_is_a_duplicate(store: Store) -> None:
-    first = store_batch(store, "https://a.example/feed",
-                        [article("a1", "https://news.example/story?utm_source=a", LONG_TEXT)])
+    first = store_batch(
+        store, "https://a.example/feed", [article("a1", "https://news.example/story?utm_source=a", LONG_TEXT)]
+    )
     assert first == (1, 0)
-    second = store_batch(store, "https://b.example/feed", [
-        article("b1", "https://news.example/story", feed="https://b.example/feed"),
-        article("b2", "https://other.example/copy", LONG_TEXT.upper(), feed="https://b.example/feed"),
-        article("b3", "https://other.example/unrelated", feed="https://b.example/feed"),
-    ])
+    second = store_batch(
+        store,
+        "https://b.example/feed",
+        [
+            article("b1", "https://news.example/story", feed="https://b.example/feed"),
+            article("b2", "https://other.example/copy", LONG_TEXT.upper(), feed="https://b.example/feed"),
+            article("b3", "https://other.example/unrelated", feed="https://b.example/feed"),
+        ],
+    )
     assert second == (3, 2)
     by_url = {a.url: a for a in store.list_articles()}
     original = by_url["https://news.example/story?utm_source=a"]
@@ -78,8 +103,9 @@ def test_failures_count_up_and_success_resets(store: Store) -> None:
     store.ensure_feeds([feed], NOW)
     assert store.due_feeds([feed], NOW) == [feed]
     for expected in (1, 2):
-        count = store.record_failure(feed, kind="http", message="HTTP 503", status=503,
-                                     now=NOW, next_fetch=NOW + timedelta(hours=1))
+        count = store.record_failure(
+            feed, kind="http", message="HTTP 503", status=503, now=NOW, next_fetch=NOW + timedelta(hours=1)
+        )
         assert count == expected
     assert store.due_feeds([feed], NOW) == []
     (status,) = store.feed_statuses([(feed, "A")])
@@ -91,8 +117,11 @@ def test_failures_count_up_and_success_resets(store: Store) -> None:
 
 
 def test_digest_runs_mark_articles_sent_only_when_finished(store: Store) -> None:
-    store_batch(store, "https://a.example/feed",
-                [article("k1", "https://a.example/1"), article("k2", "https://a.example/2")])
+    store_batch(
+        store,
+        "https://a.example/feed",
+        [article("k1", "https://a.example/1"), article("k2", "https://a.example/2")],
+    )
     ids = [a.id for a in store.unsent_articles("daily")]
     assert len(ids) == 2
     run = store.begin_digest_run("daily", "daily:run1", "<m1@x>", ids, NOW)

@@ -1,0 +1,184 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from aggregator.cli import build_parser, main
+
+from .conftest import SHARED, ConfigWriter, free_port, serve
+
+COMMANDS = [
+    ["run"],
+    ["fetch"],
+    ["digest"],
+    ["feeds"],
+    ["articles"],
+    ["extract"],
+    ["check-config"],
+    ["opml"],
+    ["opml", "import"],
+    ["opml", "export"],
+    ["health"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([*command, "--help"])
+    assert caught.value.code == 0
+    assert "usage: aggregator" in capsys.readouterr().out
+
+
+def test_every_command_takes_config() -> None:
+    parser = build_parser()
+    for command in COMMANDS:
+        if command == ["opml"]:
+            continue
+        extra = {"extract": ["page.html"], "import": ["subs.opml"]}.get(command[-1], [])
+        args = parser.parse_args([*command, *extra, "--config", "x.yaml"])
+        assert args.config == "x.yaml"
+
+
+def test_check_config_ok_and_bad(write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write_config(feeds=[{"url": "https://a.example/feed"}])
+    assert main(["check-config", "--config", str(good)]) == 0
+    assert "OK; 1 feeds" in capsys.readouterr().out
+    bad = write_config(fetch={"timeout": "forever"})
+    assert main(["check-config", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "fetch.timeout" in err and "Traceback" not in err
+
+
+def test_database_unreachable_exits_1(write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(database_url=f"postgresql://nobody@127.0.0.1:{free_port()}/x?connect_timeout=2")
+    assert main(["feeds", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("aggregator: database unreachable") and err.count("\n") == 1
+
+
+def test_fetch_unknown_feed_is_a_usage_error(
+    write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(feeds=[{"url": "https://a.example/feed"}])
+    assert main(["fetch", "--config", str(config), "--feed", "https://b.example/x"]) == 2
+    assert "add the feed there first" in capsys.readouterr().err
+
+
+def test_feeds_json_before_any_fetch(write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(feeds=[{"url": "https://a.example/feed", "name": "A"}])
+    assert main(["feeds", "--json", "--config", str(config)]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    record = json.loads(line)
+    assert record["url"] == "https://a.example/feed" and record["name"] == "A"
+    assert record["last_fetch"] is None and record["article_count"] == 0
+    for key in ("last_status", "last_error", "consecutive_failures", "next_fetch"):
+        assert key in record
+
+
+def test_extract_file_and_url_in_input_order(
+    httpserver: HTTPServer,
+    write_config: ConfigWriter,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    page_url = serve(httpserver, "/story", "pages/gazette-haftar.html", "text/html")
+    local = tmp_path / "page.html"
+    local.write_text((Path(__file__).parent / "data/pages/gazette-fishermen.html").read_text())
+    config = write_config()
+    code = main(
+        ["extract", "--json", "--config", str(config), page_url, str(local), str(tmp_path / "missing.html")]
+    )
+    assert code == 1  # one input could not be read
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["source"] for r in lines] == [page_url, str(local), str(tmp_path / "missing.html")]
+    assert lines[0]["title"].startswith("Haftar Meets with Russian Foreign Minister")
+    assert "A meeting between General Khalifa Haftar" in lines[0]["text"]
+    assert "REUTERS/Maxim Shemetov" not in lines[0]["text"]
+    assert lines[1]["text"] and lines[1]["error"] is None
+    assert lines[2]["error"].startswith("cannot read")
+    for key in ("title", "author", "published", "text"):
+        assert key in lines[0]
+
+
+def test_extract_refuses_loopback_without_the_setting(
+    httpserver: HTTPServer, write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page_url = serve(httpserver, "/story", "pages/gazette-haftar.html", "text/html")
+    config = write_config(fetch={"allow_private_networks": False})
+    assert main(["extract", "--json", "--config", str(config), page_url]) == 1
+    assert "blocked" in json.loads(capsys.readouterr().out)["error"]
+    assert httpserver.log == []
+
+
+@pytest.mark.skipif(
+    not (SHARED / "data/extraction/dev/html").is_dir(), reason="../shared/data/extraction/dev is absent"
+)
+def test_extract_a_real_news_page(write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    pages = sorted((SHARED / "data/extraction/dev/html").glob("*.html"))[:2]
+    assert main(["extract", "--json", "--config", str(write_config()), *map(str, pages)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 2 and all(len(r["text"].split()) > 100 for r in records)
+
+
+def _wait_for(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_run_fetches_and_stops_cleanly_on_sigterm(
+    httpserver: HTTPServer, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    feed_url = serve(httpserver, "/feed", "feeds/full-content.rss", "application/rss+xml")
+    config = write_config(
+        feeds=[{"url": feed_url, "name": "Blog", "full_text": False}], service={"check_every": "1s"}
+    )
+    env = {**os.environ, "AGGREGATOR_SERVICE_HEARTBEAT_FILE": str(tmp_path / "hb")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert _wait_for(lambda: len(httpserver.log) >= 1 and (tmp_path / "hb").exists(), 20)
+        health = subprocess.run(
+            [sys.executable, "-m", "aggregator", "health", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert health.returncode == 0, health.stderr
+        # a second service on the same SQLite file refuses to start
+        second = subprocess.run(
+            [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        assert second.returncode == 1 and "another 'aggregator run'" in second.stderr
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "service stopped" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "hb").exists()

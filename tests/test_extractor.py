@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from aggregator.extractor import extract_page
+
+from .conftest import DATA, SHARED
+
+
+def page(name: str) -> str:
+    return (DATA / "pages" / f"{name}.html").read_text(encoding="utf-8")
+
+
+def expected(name: str) -> str:
+    return (DATA / "pages" / f"{name}.expected.txt").read_text(encoding="utf-8").strip()
+
+
+def paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in text.split("\n") if p.strip()]
+
+
+@pytest.mark.parametrize("name", ["gazette-haftar", "gazette-coastguard", "gazette-fishermen", "wire-haftar"])
+def test_story_text_exactly_without_page_furniture(name: str) -> None:
+    result = extract_page(page(name), "https://site.example/story/")
+    assert result is not None
+    assert paragraphs(result.text) == paragraphs(expected(name))
+
+
+def test_the_seed_article_metadata_and_clean_html() -> None:
+    result = extract_page(page("gazette-haftar"), "https://www.libyangazette.example/?p=1")
+    assert result is not None
+    assert result.author == "Libyan Gazette Editorial Staff"
+    assert result.published == datetime(2017, 8, 15, tzinfo=UTC)
+    assert result.canonical_url == "https://www.libyangazette.example/2017/08/haftar-meets-lavrov/"
+    assert result.site_name == "Libyan Gazette"
+    for junk in (
+        "REUTERS/Maxim Shemetov",
+        "Libyan Fisherman Rescue 120 Refugees",
+        "<script",
+        "Share on Facebook",
+        "cookie",
+    ):
+        assert junk not in result.text and junk not in result.html
+    assert result.html.startswith("<p>A meeting between General Khalifa Haftar")
+
+
+def test_repeated_headline_is_not_part_of_the_text() -> None:
+    result = extract_page(page("wire-haftar"), "https://news.wire.example/x")
+    assert result is not None and result.title
+    assert not result.text.startswith(result.title[:20])
+    assert "<h1>" not in result.html
+
+
+@pytest.mark.parametrize("html", ["", "<html></html>", b"\x00\xff\xfe garbage"])
+def test_no_article_gives_none(html: str | bytes) -> None:
+    assert extract_page(html, "https://site.example/") is None
+
+
+@pytest.mark.skipif(
+    not (SHARED / "data/extraction/dev/ground-truth.json").exists(),
+    reason="../shared/data/extraction/dev is absent",
+)
+def test_real_pages_mostly_recall_the_ground_truth() -> None:
+    truth = json.loads((SHARED / "data/extraction/dev/ground-truth.json").read_text())
+    ids = sorted(truth)[:10]
+    recalls = []
+    for page_id in ids:
+        html = (SHARED / "data/extraction/dev/html" / f"{page_id}.html").read_text()
+        result = extract_page(html, truth[page_id]["url"])
+        want = set(truth[page_id]["articleBody"].split())
+        got = set(result.text.split()) if result else set()
+        recalls.append(len(want & got) / max(1, len(want)))
+    # A smoke check that extraction is wired right; quality is measured in benchmarks/.
+    assert sum(recalls) / len(recalls) > 0.8

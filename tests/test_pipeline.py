@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from aggregator.config import Settings, load_settings
+from aggregator.fetcher import Fetcher
+from aggregator.models import RefreshOutcome
+from aggregator.pipeline import Pipeline
+from aggregator.store import Store
+
+from .conftest import ConfigWriter, serve, serve_gazette
+
+RSS = """<?xml version="1.0"?><rss version="2.0"><channel><title>{title}</title>
+<link>{base}/</link>{items}</channel></rss>"""
+ITEM = (
+    "<item><title>{title}</title><link>{link}</link><guid>{guid}</guid>"
+    "<description>{description}</description></item>"
+)
+
+
+def refresh(settings: Settings) -> list[RefreshOutcome]:
+    store = Store.open(settings.database_url)
+
+    async def go() -> list[RefreshOutcome]:
+        async with Fetcher(settings.fetch) as fetcher:
+            pipeline = Pipeline(settings, store, fetcher)
+            try:
+                return await pipeline.refresh_all(settings.feeds)
+            finally:
+                pipeline.close()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        store.close()
+
+
+def stored(settings: Settings) -> list:  # type: ignore[type-arg]
+    store = Store.open(settings.database_url)
+    try:
+        return store.list_articles()
+    finally:
+        store.close()
+
+
+def page_requests(httpserver: HTTPServer, prefix: str) -> int:
+    return sum(1 for entry in httpserver.log if entry[0].path.startswith(prefix))
+
+
+def test_the_same_page_in_two_feeds_is_fetched_once(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    gazette = serve_gazette(httpserver)
+    base = httpserver.url_for("/").rstrip("/")
+    link = f"{base}/gazette/haftar-meets-lavrov/?utm_campaign=aggregated"
+    other = RSS.format(
+        title="Aggregated",
+        base=base,
+        items=ITEM.format(title="Haftar in Moscow", link=link, guid="agg-1", description="Short."),
+    )
+    httpserver.expect_request("/aggregated/feed").respond_with_data(other, content_type="application/rss+xml")
+    config = write_config(feeds=[{"url": gazette}])
+    settings = load_settings(config, environ={})
+    refresh(settings)
+    assert page_requests(httpserver, "/gazette/haftar") == 1
+    config = write_config(feeds=[{"url": gazette}, {"url": httpserver.url_for("/aggregated/feed")}])
+    settings = load_settings(config, environ={})
+    outcomes = {o.feed_url: o for o in refresh(settings)}
+    assert page_requests(httpserver, "/gazette/haftar") == 1  # checked by URL before fetching
+    assert outcomes[httpserver.url_for("/aggregated/feed")].duplicates == 1
+    copies = [a for a in stored(settings) if "haftar" in a.url]
+    assert sorted(a.duplicate_of is None for a in copies) == [False, True]
+
+
+def test_full_text_off_fetches_no_pages(httpserver: HTTPServer, write_config: ConfigWriter) -> None:
+    gazette = serve_gazette(httpserver)
+    settings = load_settings(write_config(feeds=[{"url": gazette, "full_text": False}]), environ={})
+    (outcome,) = refresh(settings)
+    assert outcome.ok and outcome.new_articles == 3
+    assert page_requests(httpserver, "/gazette/") == 1  # the feed itself only
+    assert {a.extraction for a in stored(settings)} == {"feed"}
+
+
+def test_unreachable_or_non_html_pages_fall_back_to_the_feed_text(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    base = httpserver.url_for("/").rstrip("/")
+    items = "".join(
+        [
+            ITEM.format(
+                title="Gone",
+                link=f"{base}/gone",
+                guid="1",
+                description="The feed's own words about a page that is gone.",
+            ),
+            ITEM.format(title="PDF", link=f"{base}/doc.pdf", guid="2", description="A document, not a page."),
+            ITEM.format(title="Nothing", link=f"{base}/gone2", guid="3", description=""),
+        ]
+    )
+    httpserver.expect_request("/feed").respond_with_data(
+        RSS.format(title="Mixed", base=base, items=items), content_type="application/rss+xml"
+    )
+    httpserver.expect_request("/doc.pdf").respond_with_data(b"%PDF-1.4", content_type="application/pdf")
+    settings = load_settings(write_config(feeds=[{"url": httpserver.url_for("/feed")}]), environ={})
+    (outcome,) = refresh(settings)
+    assert outcome.ok and outcome.new_articles == 3
+    by_title = {a.title: a for a in stored(settings)}
+    assert by_title["Gone"].extraction == "feed"
+    assert by_title["Gone"].text == "The feed's own words about a page that is gone."
+    assert by_title["PDF"].extraction == "feed"
+    assert (by_title["Nothing"].extraction, by_title["Nothing"].text) == ("none", "")
+
+
+def test_one_failing_feed_does_not_stop_the_others(
+    httpserver: HTTPServer, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    good = serve(httpserver, "/blog/feed", "feeds/full-content.rss", "application/rss+xml")
+    httpserver.expect_request("/500").respond_with_data("oops", status=500)
+    broken = serve(httpserver, "/broken", "feeds/broken.xml", "application/xml")
+    feeds = [
+        {"url": httpserver.url_for("/500")},
+        {"url": broken},
+        {"url": good},
+        {"url": "http://127.0.0.1:1/closed"},
+    ]
+    settings = load_settings(write_config(feeds=feeds), environ={})
+    outcomes = {o.feed_url: o for o in refresh(settings)}
+    assert outcomes[good].ok and outcomes[good].new_articles == 2
+    assert outcomes[httpserver.url_for("/500")].error_kind == "http"
+    assert outcomes[httpserver.url_for("/500")].status == 500
+    assert outcomes[broken].error_kind in ("parse", "not_a_feed")
+    assert outcomes["http://127.0.0.1:1/closed"].error_kind == "connect"
+
+
+@pytest.mark.parametrize(
+    "hostile", ["<script>alert(1)</script>", 'onclick="steal()"', "javascript:", "pixel.gif"]
+)
+def test_feed_html_is_sanitised_before_storing(
+    httpserver: HTTPServer, write_config: ConfigWriter, hostile: str
+) -> None:
+    feed = serve(httpserver, "/blog/feed", "feeds/full-content.rss", "application/rss+xml")
+    settings = load_settings(write_config(feeds=[{"url": feed, "full_text": False}]), environ={})
+    refresh(settings)
+    raw = (Path(__file__).parent / "data/feeds/full-content.rss").read_text()
+    assert hostile.split("(")[0].split("=")[0] in raw  # the fixture really carries it
+    for article in stored(settings):
+        assert hostile not in article.html
