@@ -126,7 +126,7 @@ class Service:
             if signals > 1:
                 log.warning("second signal: exiting at once")
                 os._exit(128 + signum)
-            log.info("signal %s: finishing in-flight work, then stopping", signum)
+            log.info("%s: finishing in-flight work, then stopping", signal.Signals(signum).name)
             self._stopping.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -182,3 +182,64 @@ def test_run_fetches_and_stops_cleanly_on_sigterm(
     assert "service stopped" in err
     assert "Traceback" not in err
     assert not (tmp_path / "hb").exists()
+
+
+def test_run_sends_a_digest_missed_while_it_was_down(
+    httpserver: HTTPServer,
+    write_config: ConfigWriter,
+    smtp_server,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    feed_url = serve(httpserver, "/feed", "feeds/full-content.rss", "application/rss+xml")
+    # The send time passed a minute ago and nothing was sent: the service catches up at start.
+    send_at = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%H:%M")
+    config = write_config(
+        feeds=[{"url": feed_url, "name": "Blog", "full_text": False}],
+        digest={"send_at": send_at, "timezone": "UTC"},
+        smtp={"host": smtp_server.host, "port": smtp_server.port, "starttls": False},
+        service={"check_every": "1s"},
+    )
+    assert main(["fetch", "--config", str(config)]) == 0
+    env = {**os.environ, "AGGREGATOR_SERVICE_HEARTBEAT_FILE": str(tmp_path / "hb")}
+    for _ in range(2):  # a restart must not send it again
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            assert _wait_for(lambda: (tmp_path / "hb").exists(), 20)
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 0, err
+    assert len(smtp_server.messages) == 1
+    assert "2 stories" in smtp_server.messages[0]["Subject"]
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    import io
+
+    from aggregator.cli import Progress
+    from aggregator.models import RefreshOutcome
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    bar = Progress(2, screen)
+    bar.advance(RefreshOutcome("https://a.example/f", ok=True))
+    bar.advance(RefreshOutcome("https://b.example/f", ok=False))
+    bar.close()
+    assert "2/2 feeds, 1 failed" in screen.getvalue()
+    pipe = io.StringIO()
+    Progress(2, pipe).close()
+    assert pipe.getvalue() == ""
