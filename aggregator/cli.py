@@ -175,6 +175,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print(f"no feeds configured in {settings.feeds_file}", file=sys.stderr)
         return 0
     store = Store.open(settings.database_url)
+    if not args.feed:
+        # A feed that answered 410 Gone is only fetched again when named with --feed.
+        gone = {s.url for s in store.feed_statuses([(f.url, f.url) for f in feeds]) if s.gone}
+        if gone:
+            print(f"skipping {len(gone)} gone feeds (410): see `aggregator feeds`", file=sys.stderr)
+            feeds = [f for f in feeds if f.url not in gone]
     progress = Progress(len(feeds), sys.stderr)
     started = datetime.now(UTC)
 
@@ -265,19 +271,32 @@ def cmd_feeds(args: argparse.Namespace) -> int:
     if not statuses:
         print(f"no feeds configured in {settings.feeds_file}")
     for s in statuses:
-        state = (
-            "never fetched"
-            if s.last_fetch is None
-            else (
-                f"failing ({s.consecutive_failures}x {s.error_kind}: {s.last_error})"
-                if s.consecutive_failures
-                else f"ok (HTTP {s.last_status})"
-            )
-        )
+        if s.gone:
+            state = "GONE (HTTP 410): no longer polled"
+        elif s.last_fetch is None:
+            state = "never fetched"
+        elif s.consecutive_failures:
+            state = f"FAILING {s.consecutive_failures}x, {s.error_kind}: {s.last_error}"
+        else:
+            state = f"ok (HTTP {s.last_status})"
+        every = f"; polled every {_duration(s.poll_interval)}" if s.poll_interval else ""
+        notes = []
+        if s.gone:
+            notes.append("remove it from feeds.yaml, or `aggregator fetch --feed URL` to try it again")
+        if s.fetch_url and s.fetch_url_reason == "moved":
+            notes.append(f"moved permanently to {s.fetch_url}: update feeds.yaml to that URL")
+        elif s.fetch_url and s.fetch_url_reason == "discovered":
+            notes.append(f"the URL is a web page; its feed {s.fetch_url} is polled instead")
+        if s.last_warning and not s.gone:
+            notes.append(f"warning: {s.last_warning}")
+        if s.moved_to:
+            notes.append(f"redirects permanently to {s.moved_to} (adopted if it persists)")
         print(
-            f"{s.name}\n  {s.url}\n  {state}; {s.article_count} articles; "
+            f"{s.name}\n  {s.url}\n  {state}; {s.article_count} articles{every}; "
             f"last fetch {_human(s.last_fetch)}; next {_human(s.next_fetch)}"
         )
+        for note in notes:
+            print(f"  ! {note}")
     return 0
 
 
@@ -504,6 +523,14 @@ def _parse_time(value: str, flag: str) -> datetime:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 120:
+        return f"{minutes}m"
+    hours = minutes / 60
+    return f"{hours:.0f}h" if hours < 48 else f"{hours / 24:.1f}d"
 
 
 def _human(value: datetime | None) -> str:

@@ -125,21 +125,29 @@ class FetchSettings(_Section):
     """How feeds and article pages are fetched."""
 
     interval: Duration = timedelta(minutes=30)
+    min_interval: Duration = timedelta(minutes=5)
+    max_interval: Duration = timedelta(hours=24)
+    max_backoff: Duration = timedelta(hours=24)
     timeout: Duration = timedelta(seconds=20)
     concurrency: int = Field(32, ge=1, le=1000)
     per_host: int = Field(2, ge=1, le=100)
     max_bytes: ByteSize = 10_000_000
     max_redirects: int = Field(5, ge=0, le=20)
+    max_entries: int = Field(1000, ge=1, le=100_000)
     allow_private_networks: bool = False
     user_agent: str = f"aggregator/{__version__} (self-hosted feed aggregator)"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FetchSettings:
+        if self.min_interval > self.max_interval:
+            raise ValueError("min_interval is longer than max_interval")
+        return self
 
 
 class ExtractSettings(_Section):
     """Full-text extraction of article pages."""
 
     enabled: bool = True
-    # Processes for extraction (CPU-bound); None: one per core, 0: a thread in the service.
-    workers: int | None = Field(None, ge=0, le=64)
 
 
 def _check_address(value: str) -> str:
@@ -276,6 +284,8 @@ class Settings(_Section):
     database_url: str = "sqlite:///data/aggregator.db"
     feeds_file: Path = Path("feeds.yaml")
     outbox_dir: Path = Path("data/outbox")
+    # Processes for CPU-bound work (feed parsing, extraction): None: one per core; 0: none.
+    workers: int | None = Field(None, ge=0, le=64)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     extract: ExtractSettings = Field(default_factory=ExtractSettings)
     digest: DigestSettings = Field(default_factory=lambda: DigestSettings())

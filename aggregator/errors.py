@@ -37,10 +37,17 @@ class DeliveryError(AggregatorError):
 class FetchError(AggregatorError):
     """One fetch failed. ``kind`` is one of FETCH_ERROR_KINDS; ``status`` the HTTP status if any."""
 
-    def __init__(self, kind: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, kind: str, message: str, status: int | None = None, retry_after: str | None = None
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Parsing runs in worker processes: the error must survive pickling with its fields.
+        return (FetchError, (self.kind, str(self), self.status, self.retry_after))
 
 
 class BlockedAddressError(FetchError):
@@ -48,6 +55,9 @@ class BlockedAddressError(FetchError):
 
     def __init__(self, message: str) -> None:
         super().__init__("blocked", message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (BlockedAddressError, (str(self),))
 
 
 FETCH_ERROR_KINDS = (

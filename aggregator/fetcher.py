@@ -162,8 +162,7 @@ class Fetcher:
         if last_modified:
             headers["If-Modified-Since"] = last_modified
         try:
-            async with self._global, asyncio.timeout(self._total):
-                return await self._follow(url, headers)
+            return await self._follow(url, headers)
         except TimeoutError:
             raise FetchError("timeout", f"no complete answer within {self._total:g}s") from None
         except httpx.HTTPError as exc:
@@ -171,38 +170,57 @@ class Fetcher:
 
     async def _follow(self, url: str, headers: dict[str, str]) -> FetchResult:
         current = url
+        permanent = True  # every hop so far was 301/308
+        deadline: float | None = None
+        loop = asyncio.get_running_loop()
         for _ in range(self.settings.max_redirects + 1):
             parts = urlsplit(current)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise BlockedAddressError(f"refusing to fetch {current!r}: only http(s) URLs")
-            async with (
-                self._host_slot(parts.hostname),
-                self._client.stream("GET", current, headers=headers) as response,
-            ):
-                location = response.headers.get("location")
-                if response.status_code in _REDIRECTS and location:
-                    current = urljoin(current, location.strip())
-                    continue
-                if response.status_code >= 400:
-                    raise FetchError(
-                        "http",
-                        f"HTTP {response.status_code} {response.reason_phrase}".strip(),
-                        status=response.status_code,
-                    )
-                body = b"" if response.status_code == 304 else await self._read(response)
-                return FetchResult(
-                    url=url,
-                    final_url=current,
-                    status=response.status_code,
-                    body=body,
-                    content_type=response.headers.get("content-type", ""),
-                    etag=response.headers.get("etag"),
-                    last_modified=response.headers.get("last-modified"),
-                    fetched_at=datetime.now(UTC),
-                )
+            # Waiting for a slot is not the server's fault: the total timeout starts when the
+            # first request does. The host slot is taken first so that requests queued for one
+            # busy host do not hold global slots that other hosts could use.
+            async with self._host_slot(parts.hostname), self._global:
+                if deadline is None:
+                    deadline = loop.time() + self._total
+                async with asyncio.timeout_at(deadline):
+                    result = await self._hop(url, current, headers, permanent)
+            if isinstance(result, FetchResult):
+                return result
+            permanent, current = result
         raise FetchError(
             "too_many_redirects", f"more than {self.settings.max_redirects} redirects from {url}"
         )
+
+    async def _hop(
+        self, url: str, current: str, headers: dict[str, str], permanent: bool
+    ) -> FetchResult | tuple[bool, str]:
+        """Do one request: the final result, or (still permanent, next URL) for a redirect."""
+        async with self._client.stream("GET", current, headers=headers) as response:
+            location = response.headers.get("location")
+            if response.status_code in _REDIRECTS and location:
+                still_permanent = permanent and response.status_code in (301, 308)
+                return still_permanent, urljoin(current, location.strip())
+            if response.status_code >= 400:
+                raise FetchError(
+                    "http",
+                    f"HTTP {response.status_code} {response.reason_phrase}".strip(),
+                    status=response.status_code,
+                    retry_after=response.headers.get("retry-after"),
+                )
+            body = b"" if response.status_code == 304 else await self._read(response)
+            return FetchResult(
+                url=url,
+                final_url=current,
+                status=response.status_code,
+                body=body,
+                content_type=response.headers.get("content-type", ""),
+                etag=response.headers.get("etag"),
+                last_modified=response.headers.get("last-modified"),
+                fetched_at=datetime.now(UTC),
+                cache_control=response.headers.get("cache-control"),
+                permanent_redirect=current if permanent and current != url else None,
+            )
 
     def _host_slot(self, host: str) -> asyncio.Semaphore:
         slot = self._hosts.get(host)

@@ -18,6 +18,9 @@ class FetchResult:
     etag: str | None
     last_modified: str | None
     fetched_at: datetime
+    cache_control: str | None = None
+    # The final URL when every redirect on the way was permanent (301/308), else None.
+    permanent_redirect: str | None = None
 
     @property
     def not_modified(self) -> bool:
@@ -44,6 +47,12 @@ class ParsedFeed:
     site_url: str | None
     entries: tuple[ParsedEntry, ...]
     warnings: tuple[str, ...] = ()
+    # Publisher hints about polling, raw (see polling.feed_hints).
+    ttl: str | None = None
+    update_period: str | None = None
+    update_frequency: str | None = None
+    skip_hours: tuple[str, ...] = ()
+    skip_days: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +85,7 @@ class NewArticle:
     html: str
     extraction: str  # "page" | "feed" | "none"
     content_hash: str | None
+    link_key: str | None = None  # dedup.url_key of the entry's own link
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,12 @@ class FeedStatus:
     consecutive_failures: int
     next_fetch: datetime | None
     article_count: int
+    fetch_url: str | None = None  # polled instead of url: discovered feed or accepted move
+    fetch_url_reason: str | None = None  # "discovered" | "moved"
+    moved_to: str | None = None  # a permanent redirect seen, not yet adopted
+    gone: bool = False  # 410 Gone: no longer polled
+    poll_interval: float | None = None  # seconds between polls, as last decided
+    last_warning: str | None = None  # a malformed but readable feed says so here
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,12 @@ import logging
 import multiprocessing
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aggregator.config import FeedConfig, Settings
@@ -18,14 +20,33 @@ from aggregator.dedup import canonical_url, entry_key, repeated_guids, text_hash
 from aggregator.errors import FetchError, StorageError
 from aggregator.extractor import extract_page
 from aggregator.fetcher import PAGE_ACCEPT, Fetcher
-from aggregator.models import ExtractedPage, NewArticle, ParsedEntry, RefreshOutcome
-from aggregator.parser import parse_feed
+from aggregator.models import (
+    ExtractedPage,
+    FetchResult,
+    NewArticle,
+    ParsedEntry,
+    ParsedFeed,
+    RefreshOutcome,
+)
+from aggregator.parser import find_feed_links, looks_like_html, parse_feed
+from aggregator.polling import (
+    PollLimits,
+    cache_max_age,
+    feed_hints,
+    poll_interval,
+    retry_after,
+    skip_to_allowed,
+)
 from aggregator.sanitize import clean_html, html_to_text, text_to_html
-from aggregator.store import Store
+from aggregator.store import FeedLocation, FeedState, Store
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = timedelta(hours=24)
+# A permanent redirect seen on this many polls in a row is adopted as the feed's new URL.
+MOVE_AFTER = 3
+# Entry dates further ahead than this are a publisher's mistake: they become "now".
+FUTURE_SLACK = timedelta(days=1)
+T = TypeVar("T")
 
 
 @dataclass
@@ -66,43 +87,42 @@ class Pipeline:
         except StorageError:
             raise
         except FetchError as exc:
-            return await self._failed(feed, exc.kind, str(exc), exc.status)
+            return await self._failed(feed, exc)
         except Exception as exc:  # a bug must not stop the other feeds; it is recorded
             log.exception("refresh crashed feed=%s", feed.url)
-            return await self._failed(feed, "internal", f"{type(exc).__name__}: {exc}", None)
+            return await self._failed(feed, FetchError("internal", f"{type(exc).__name__}: {exc}"))
 
     async def _refresh(self, feed: FeedConfig) -> RefreshOutcome:
         state = await asyncio.to_thread(self.store.feed_state, feed.url)
-        result = await self.fetcher.fetch(feed.url, etag=state.etag, last_modified=state.last_modified)
-        now = self.clock()
-        next_fetch = now + self.settings.interval_for(feed)
-        if result.not_modified:
-            await asyncio.to_thread(self.store.record_not_modified, feed.url, now=now, next_fetch=next_fetch)
-            log.info("not modified feed=%s", feed.url)
-            return RefreshOutcome(feed.url, ok=True, status=304, not_modified=True)
-        parsed = parse_feed(result)
-        repeated = repeated_guids(parsed.entries)
-        keyed: dict[str, ParsedEntry] = {}
-        for entry in parsed.entries:
-            keyed.setdefault(entry_key(entry, repeated), entry)
-        known = await asyncio.to_thread(self.store.known_entry_keys, feed.url, keyed)
-        new = {key: entry for key, entry in keyed.items() if key not in known}
-        # Check duplicates by URL before the costly step: a page stored already is not fetched.
-        stored_urls = await asyncio.to_thread(
-            self.store.known_url_keys, [url_key(e.url) for e in new.values() if e.url]
+        result = await self.fetcher.fetch(
+            state.fetch_url or feed.url, etag=state.etag, last_modified=state.last_modified
         )
+        location = _follow_moves(state, result)
+        if result.not_modified:
+            return await self._not_modified(feed, state, result, location)
+        parsed, result, location = await self._parse_or_discover(result, location)
+        now = self.clock()
+        entries = _sane_dates(parsed.entries[: self.settings.fetch.max_entries], now)
+        new = await self._new_entries(feed, entries)
+        # Check duplicates by URL before the costly step: a page stored already is not fetched.
+        links = {key: url_key(e.url) for key, e in new.items() if e.url}
+        stored_links = await asyncio.to_thread(self.store.known_url_keys, links.values())
         full_text = self.settings.full_text_for(feed)
         articles = await asyncio.gather(
             *(
-                self._article(
-                    feed,
-                    key,
-                    entry,
-                    full_text and bool(entry.url) and url_key(entry.url or "") not in stored_urls,
-                )
+                self._article(feed, key, entry, full_text and key in links and links[key] not in stored_links)
                 for key, entry in new.items()
             )
         )
+        hints = feed_hints(
+            result.cache_control,
+            parsed.ttl,
+            parsed.update_period,
+            parsed.update_frequency,
+            parsed.skip_hours,
+            parsed.skip_days,
+        )
+        interval = poll_interval(self._limits(feed), hints, [e.published for e in entries if e.published])
         added, duplicates = await asyncio.to_thread(
             self.store.store_refresh,
             feed.url,
@@ -113,16 +133,20 @@ class Pipeline:
             title=parsed.title,
             site_url=parsed.site_url,
             now=self.clock(),
-            next_fetch=next_fetch,
+            next_fetch=skip_to_allowed(now + interval, hints.skip_hours, hints.skip_days),
+            poll_interval=interval.total_seconds(),
+            location=location,
+            warning="; ".join(parsed.warnings) or None,
         )
         for warning in parsed.warnings:
             log.warning("%s feed=%s", warning, feed.url)
         log.info(
-            "refreshed feed=%s entries=%d new=%d duplicates=%d",
+            "refreshed feed=%s entries=%d new=%d duplicates=%d next_in=%s",
             feed.url,
             len(parsed.entries),
             added,
             duplicates,
+            interval,
         )
         return RefreshOutcome(
             feed.url,
@@ -132,6 +156,61 @@ class Pipeline:
             duplicates=duplicates,
             warnings=parsed.warnings,
         )
+
+    async def _not_modified(
+        self, feed: FeedConfig, state: FeedState, result: FetchResult, location: FeedLocation
+    ) -> RefreshOutcome:
+        # A 304 costs no parsing: keep the interval decided from the last full response.
+        limits = self._limits(feed)
+        interval = timedelta(seconds=state.poll_interval) if state.poll_interval else poll_interval(limits)
+        max_age = cache_max_age(result.cache_control)
+        if max_age and limits.per_feed is None:
+            interval = min(max(interval, max_age), limits.maximum)
+        now = self.clock()
+        await asyncio.to_thread(
+            self.store.record_not_modified,
+            feed.url,
+            now=now,
+            next_fetch=now + interval,
+            location=location,
+        )
+        log.info("not modified feed=%s", feed.url)
+        return RefreshOutcome(feed.url, ok=True, status=304, not_modified=True)
+
+    async def _parse_or_discover(
+        self, result: FetchResult, location: FeedLocation
+    ) -> tuple[ParsedFeed, FetchResult, FeedLocation]:
+        """Parse the feed; for an HTML page, follow the feed it advertises (autodiscovery)."""
+        try:
+            return await self._cpu(parse_feed, result), result, location
+        except FetchError as exc:
+            if exc.kind != "not_a_feed" or not looks_like_html(result):
+                raise
+        links = find_feed_links(result.body, result.final_url)
+        if not links:
+            raise FetchError("not_a_feed", "an HTML page that advertises no feed")
+        discovered = await self.fetcher.fetch(links[0])
+        parsed = await self._cpu(parse_feed, discovered)
+        log.info("discovered feed=%s at=%s", result.url, links[0])
+        return parsed, discovered, FeedLocation(links[0], "discovered", None, 0)
+
+    async def _new_entries(
+        self, feed: FeedConfig, entries: tuple[ParsedEntry, ...]
+    ) -> dict[str, ParsedEntry]:
+        repeated = repeated_guids(entries)
+        keyed: dict[str, ParsedEntry] = {}
+        for entry in entries:
+            keyed.setdefault(entry_key(entry, repeated), entry)
+        known = await asyncio.to_thread(self.store.known_entry_keys, feed.url, keyed)
+        candidates = {key: entry for key, entry in keyed.items() if key not in known}
+        # Feeds that mint new GUIDs on every poll: an entry whose link this feed stored already
+        # is not new. Links shared by several entries of this poll prove nothing and are skipped.
+        link_count = Counter(url_key(e.url) for e in candidates.values() if e.url)
+        links = {
+            key: url_key(e.url) for key, e in candidates.items() if e.url and link_count[url_key(e.url)] == 1
+        }
+        seen = await asyncio.to_thread(self.store.known_feed_url_keys, feed.url, links.values())
+        return {key: e for key, e in candidates.items() if links.get(key) not in seen}
 
     async def _article(self, feed: FeedConfig, key: str, entry: ParsedEntry, fetch_page: bool) -> NewArticle:
         url = entry.url or feed.url
@@ -161,6 +240,7 @@ class Pipeline:
             html=html or text_to_html(text),
             extraction=extraction,
             content_hash=text_hash(text),
+            link_key=url_key(entry.url) if entry.url else None,
         )
 
     async def _fetch_and_extract(self, url: str) -> tuple[ExtractedPage | None, str]:
@@ -173,14 +253,15 @@ class Pipeline:
         if content_type and "html" not in content_type:
             log.info("page is not HTML url=%s content_type=%s", url, content_type)
             return None, result.final_url
-        loop = asyncio.get_running_loop()
-        page = await loop.run_in_executor(
-            self._extraction_executor(), extract_page, result.body, result.final_url
-        )
+        page = await self._cpu(extract_page, result.body, result.final_url)
         return page, result.final_url
 
-    def _extraction_executor(self) -> Executor | None:
-        workers = self.settings.extract.workers
+    async def _cpu(self, function: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound ``function`` in the worker processes (or a thread when workers is 0)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool(), function, *args)
+
+    def _pool(self) -> Executor | None:
+        workers = self.settings.workers
         if workers == 0:
             return None  # the loop's default thread pool
         if self._executor is None:
@@ -191,32 +272,80 @@ class Pipeline:
             )
         return self._executor
 
-    async def _failed(self, feed: FeedConfig, kind: str, message: str, status: int | None) -> RefreshOutcome:
+    def _limits(self, feed: FeedConfig) -> PollLimits:
+        fetch = self.settings.fetch
+        return PollLimits(fetch.interval, feed.interval, fetch.min_interval, fetch.max_interval)
+
+    async def _failed(self, feed: FeedConfig, exc: FetchError) -> RefreshOutcome:
         now = self.clock()
+        message = str(exc)
+        if exc.status == 410:
+            await asyncio.to_thread(self.store.record_gone, feed.url, now=now, message=message)
+            log.warning("feed is gone (410): no longer polled feed=%s", feed.url)
+            return RefreshOutcome(feed.url, ok=False, status=410, error_kind="gone", error=message)
         state = await asyncio.to_thread(self.store.feed_state, feed.url)
-        delay = retry_delay(self.settings.interval_for(feed), state.consecutive_failures + 1)
+        cap = self.settings.fetch.max_backoff
+        delay = retry_delay(self.settings.interval_for(feed), state.consecutive_failures + 1, cap)
+        asked = retry_after(exc.retry_after, now)
+        if asked is not None:
+            delay = max(delay, min(asked, cap))
         await asyncio.to_thread(
             self.store.record_failure,
             feed.url,
-            kind=kind,
+            kind=exc.kind,
             message=message,
-            status=status,
+            status=exc.status,
             now=now,
             next_fetch=now + delay,
         )
-        log.warning("fetch failed feed=%s kind=%s status=%s error=%s", feed.url, kind, status, message)
-        return RefreshOutcome(feed.url, ok=False, status=status, error_kind=kind, error=message)
+        log.warning(
+            "fetch failed feed=%s kind=%s status=%s retry_in=%s error=%s",
+            feed.url,
+            exc.kind,
+            exc.status,
+            delay,
+            message,
+        )
+        return RefreshOutcome(feed.url, ok=False, status=exc.status, error_kind=exc.kind, error=message)
 
 
-def retry_delay(interval: timedelta, failures: int, rng: random.Random | None = None) -> timedelta:
+def retry_delay(
+    interval: timedelta,
+    failures: int,
+    cap: timedelta = timedelta(hours=24),
+    rng: random.Random | None = None,
+) -> timedelta:
     """Return the wait before the next try after ``failures`` failures in a row.
 
-    Exponential from the feed's interval, capped at 24 h, with ±10 % jitter so feeds that
-    failed together do not retry together.
+    Exponential from the feed's interval, capped, with ±10 % jitter so feeds that failed
+    together do not retry together.
     """
-    base = min(interval * (2 ** max(0, failures - 1)), MAX_BACKOFF)
+    base = min(interval * (2 ** min(max(0, failures - 1), 30)), cap)
     jitter = (rng or random).uniform(0.9, 1.1)
-    return min(base * jitter, MAX_BACKOFF)
+    return min(base * jitter, cap)
+
+
+def _follow_moves(state: FeedState, result: FetchResult) -> FeedLocation:
+    """Count polls that end in the same permanent redirect; adopt the target after MOVE_AFTER."""
+    fetch_url, reason = state.fetch_url, state.fetch_url_reason
+    target = result.permanent_redirect
+    if target is None:
+        return FeedLocation(fetch_url, reason, None, 0)
+    count = state.moved_count + 1 if target == state.moved_to else 1
+    if count >= MOVE_AFTER:
+        log.warning("feed moved permanently feed=%s to=%s", result.url, target)
+        return FeedLocation(target, "moved", None, 0)
+    return FeedLocation(fetch_url, reason, target, count)
+
+
+def _sane_dates(entries: tuple[ParsedEntry, ...], now: datetime) -> tuple[ParsedEntry, ...]:
+    """Entries without a date get the time first seen; absurd future dates are clamped."""
+    fixed = []
+    for entry in entries:
+        if entry.published is None or entry.published > now + FUTURE_SLACK:
+            entry = replace(entry, published=now)
+        fixed.append(entry)
+    return tuple(fixed)
 
 
 def page_title(page: ExtractedPage) -> str:

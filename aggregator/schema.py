@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -69,6 +70,16 @@ class Feed(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     next_fetch_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Polled instead of url: a feed found by autodiscovery, or a permanent move adopted.
+    fetch_url: Mapped[str | None] = mapped_column(Text)
+    fetch_url_reason: Mapped[str | None] = mapped_column(String(16))
+    # A permanent redirect seen on moved_count polls in a row, adopted at MOVE_AFTER.
+    moved_to: Mapped[str | None] = mapped_column(Text)
+    moved_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    poll_interval: Mapped[float | None] = mapped_column(Float)
+    # A recoverable problem of the last successful poll (a malformed but readable feed).
+    last_warning: Mapped[str | None] = mapped_column(Text)
 
 
 class Article(Base):
@@ -83,6 +94,8 @@ class Article(Base):
     entry_key: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(Text)
     url_key: Mapped[str] = mapped_column(String(64), index=True)
+    # The canonical key of the feed entry's own link (before redirects and rel=canonical).
+    link_key: Mapped[str | None] = mapped_column(String(64), index=True)
     title: Mapped[str] = mapped_column(Text)
     author: Mapped[str | None] = mapped_column(Text)
     published: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -6,7 +6,7 @@ feed's fetch record, and a digest run is recorded with its items before the emai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,11 +23,31 @@ from aggregator.schema import Article, DigestItem, DigestRun, Feed
 
 @dataclass(frozen=True, slots=True)
 class FeedState:
-    """What the fetcher needs from the last poll of a feed."""
+    """What a refresh needs to know from the feed's last polls."""
 
     etag: str | None
     last_modified: str | None
     consecutive_failures: int
+    fetch_url: str | None = None
+    fetch_url_reason: str | None = None
+    moved_to: str | None = None
+    moved_count: int = 0
+    gone: bool = False
+    poll_interval: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedLocation:
+    """Where a feed is polled: the URL in use and a permanent move being watched."""
+
+    fetch_url: str | None
+    fetch_url_reason: str | None
+    moved_to: str | None
+    moved_count: int
+
+    def apply(self, feed: Feed) -> None:
+        feed.fetch_url, feed.fetch_url_reason = self.fetch_url, self.fetch_url_reason
+        feed.moved_to, feed.moved_count = self.moved_to, self.moved_count
 
 
 class Store:
@@ -74,14 +94,34 @@ class Store:
             feed = session.scalar(select(Feed).where(Feed.url == url))
             if feed is None:
                 return FeedState(None, None, 0)
-            return FeedState(feed.etag, feed.last_modified, feed.consecutive_failures)
+            return FeedState(
+                feed.etag,
+                feed.last_modified,
+                feed.consecutive_failures,
+                feed.fetch_url,
+                feed.fetch_url_reason,
+                feed.moved_to,
+                feed.moved_count or 0,
+                feed.gone_at is not None,
+                feed.poll_interval,
+            )
 
     def due_feeds(self, urls: Sequence[str], now: datetime) -> list[str]:
-        """Return those of ``urls`` whose next fetch time has come (never fetched: due)."""
+        """Return those of ``urls`` whose next fetch time has come (never fetched: due).
+
+        A feed that answered 410 Gone is never due.
+        """
         with self._session() as session:
-            rows = session.execute(select(Feed.url, Feed.next_fetch_at).where(Feed.url.in_(list(urls)))).all()
-        known = {url: due for url, due in rows}
-        return [u for u in urls if known.get(u) is None or known[u] <= now]
+            rows = session.execute(
+                select(Feed.url, Feed.next_fetch_at, Feed.gone_at).where(Feed.url.in_(list(urls)))
+            ).all()
+        known = {url: (due, gone) for url, due, gone in rows}
+        due = []
+        for url in urls:
+            next_at, gone = known.get(url, (None, None))
+            if gone is None and (next_at is None or next_at <= now):
+                due.append(url)
+        return due
 
     def next_due(self, urls: Sequence[str]) -> datetime | None:
         """Return the earliest next fetch time among ``urls`` (None when one was never fetched)."""
@@ -93,25 +133,36 @@ class Store:
 
     def known_entry_keys(self, feed_url: str, keys: Iterable[str]) -> set[str]:
         """Return which of ``keys`` are already stored for this feed."""
-        keys = list(keys)
-        if not keys:
-            return set()
+        found: set[str] = set()
         with self._session() as session:
-            return set(
-                session.scalars(
-                    select(Article.entry_key)
-                    .join(Feed, Feed.id == Article.feed_id)
-                    .where(Feed.url == feed_url, Article.entry_key.in_(keys))
+            for chunk in _chunks(list(keys)):
+                found.update(
+                    session.scalars(
+                        select(Article.entry_key)
+                        .join(Feed, Feed.id == Article.feed_id)
+                        .where(Feed.url == feed_url, Article.entry_key.in_(chunk))
+                    )
                 )
-            )
+        return found
+
+    def known_feed_url_keys(self, feed_url: str, url_keys: Iterable[str]) -> set[str]:
+        """Return which of ``url_keys`` this feed stored already, as a page or an entry link."""
+        return self._known_links(url_keys, feed_url)
 
     def known_url_keys(self, url_keys: Iterable[str]) -> set[str]:
-        """Return which canonical-URL keys are stored already, in any feed."""
-        url_keys = list(url_keys)
-        if not url_keys:
-            return set()
+        """Return which of ``url_keys`` are stored already in any feed, as a page or an entry link."""
+        return self._known_links(url_keys, None)
+
+    def _known_links(self, url_keys: Iterable[str], feed_url: str | None) -> set[str]:
+        found: set[str] = set()
         with self._session() as session:
-            return set(session.scalars(select(Article.url_key).where(Article.url_key.in_(url_keys))))
+            for chunk in _chunks(list(dict.fromkeys(url_keys))):
+                for column in (Article.url_key, Article.link_key):
+                    query = select(column).where(column.in_(chunk))
+                    if feed_url is not None:
+                        query = query.join(Feed, Feed.id == Article.feed_id).where(Feed.url == feed_url)
+                    found.update(k for k in session.scalars(query) if k)
+        return found
 
     def store_refresh(
         self,
@@ -125,6 +176,9 @@ class Store:
         site_url: str | None,
         now: datetime,
         next_fetch: datetime,
+        poll_interval: float | None = None,
+        location: FeedLocation | None = None,
+        warning: str | None = None,
     ) -> tuple[int, int]:
         """Store new articles and the successful fetch in one transaction.
 
@@ -140,14 +194,20 @@ class Store:
             feed.last_status, feed.last_error, feed.error_kind = status, None, None
             feed.consecutive_failures = 0
             feed.next_fetch_at = next_fetch
-            present = set(
-                session.scalars(
-                    select(Article.entry_key).where(
-                        Article.feed_id == feed.id,
-                        Article.entry_key.in_([a.entry_key for a in articles]),
+            feed.gone_at = None
+            feed.poll_interval = poll_interval
+            feed.last_warning = warning[:2000] if warning else None
+            if location is not None:
+                location.apply(feed)
+            present: set[str] = set()
+            for chunk in _chunks([a.entry_key for a in articles]):
+                present.update(
+                    session.scalars(
+                        select(Article.entry_key).where(
+                            Article.feed_id == feed.id, Article.entry_key.in_(chunk)
+                        )
                     )
                 )
-            )
             for article in articles:
                 if article.entry_key in present:
                     continue
@@ -168,6 +228,7 @@ class Store:
                     html=article.html,
                     extraction=article.extraction,
                     content_hash=article.content_hash,
+                    link_key=article.link_key,
                     duplicate_of=representative,
                 )
                 session.add(row)
@@ -189,13 +250,31 @@ class Store:
             return None
         return earliest.duplicate_of or earliest.id
 
-    def record_not_modified(self, feed_url: str, *, now: datetime, next_fetch: datetime) -> None:
+    def record_not_modified(
+        self,
+        feed_url: str,
+        *,
+        now: datetime,
+        next_fetch: datetime,
+        location: FeedLocation | None = None,
+    ) -> None:
         with self._session() as session, session.begin():
             feed = self._feed_row(session, feed_url, now)
             feed.last_fetch_at = feed.last_success_at = now
             feed.last_status, feed.last_error, feed.error_kind = 304, None, None
             feed.consecutive_failures = 0
             feed.next_fetch_at = next_fetch
+            feed.gone_at = None
+            if location is not None:
+                location.apply(feed)
+
+    def record_gone(self, feed_url: str, *, now: datetime, message: str) -> None:
+        """Record 410 Gone: the feed is not polled again until fetched explicitly."""
+        with self._session() as session, session.begin():
+            feed = self._feed_row(session, feed_url, now)
+            feed.last_fetch_at = feed.gone_at = now
+            feed.last_status, feed.error_kind, feed.last_error = 410, "gone", message[:2000]
+            feed.next_fetch_at = None
 
     def record_failure(
         self,
@@ -254,6 +333,12 @@ class Store:
                     consecutive_failures=row.consecutive_failures if row else 0,
                     next_fetch=row.next_fetch_at if row else None,
                     article_count=counts.get(url, 0),
+                    fetch_url=row.fetch_url if row else None,
+                    fetch_url_reason=row.fetch_url_reason if row else None,
+                    moved_to=row.moved_to if row else None,
+                    gone=bool(row and row.gone_at),
+                    poll_interval=row.poll_interval if row else None,
+                    last_warning=row.last_warning if row else None,
                 )
             )
         return result
@@ -365,6 +450,12 @@ class Store:
                     DigestRun.digest_name == digest_name, DigestRun.status == "sent"
                 )
             )
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """Yield slices small enough for any database's limit on bound parameters."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _article_query():  # type: ignore[no-untyped-def]

@@ -34,8 +34,14 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def httpserver_listen_address() -> tuple[str, int]:
-    return ("127.0.0.1", 0)
+def make_httpserver() -> Iterator[HTTPServer]:
+    """pytest-httpserver's server on 127.0.0.1, threaded: a slow handler must not stall the rest."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    yield server
+    server.clear()
+    if server.is_running():
+        server.stop()
 
 
 def fixture_text(relative: str, base: str = "") -> str:
@@ -170,7 +176,7 @@ def write_config(tmp_path: Path) -> ConfigWriter:
             "database_url": f"sqlite:///{tmp_path / 'aggregator.db'}",
             "outbox_dir": str(tmp_path / "outbox"),
             "fetch": {"allow_private_networks": True, "timeout": "10s"},
-            "extract": {"workers": 0},
+            "workers": 0,
             "digest": {"to": ["reader@example.com"], "from": "Aggregator <digest@example.com>"},
         }
         for key, value in settings.items():

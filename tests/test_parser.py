@@ -77,3 +77,71 @@ def test_malformed_but_readable_feed_gives_entries_and_a_warning() -> None:
     feed = parse_feed(result(broken))
     assert len(feed.entries) >= 2
     assert feed.warnings
+
+
+JSON_FEED = b"""{"version": "https://jsonfeed.org/version/1.1", "title": "J",
+ "home_page_url": "https://j.example/", "authors": [{"name": "Feed Author"}],
+ "items": [
+  {"id": "1", "url": "/posts/1", "title": "One", "content_html": "<p>Hi</p>",
+   "date_published": "2017-08-15T10:00:00+02:00", "authors": [{"name": "Ann"}]},
+  {"id": 2, "external_url": "https://elsewhere.example/2", "content_text": "Para one.\\n\\nPara <two>"},
+  {"title": "no id"}
+ ]}"""
+
+
+def test_json_feed() -> None:
+    feed = parse_feed(result(JSON_FEED, "application/feed+json", "https://j.example/feed.json"))
+    assert feed.title == "J" and feed.site_url == "https://j.example/"
+    first, second = feed.entries
+    assert (first.guid, first.url, first.author) == ("1", "https://j.example/posts/1", "Ann")
+    assert first.published == datetime(2017, 8, 15, 8, 0, tzinfo=UTC)
+    assert second.guid == "2" and second.author == "Feed Author"
+    assert second.content_html == "<p>Para one.</p><p>Para &lt;two&gt;</p>"
+    assert feed.warnings == ("JSON Feed item 2 has no id; skipped",)
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b'{"title": "no version", "items": []}', "not_a_feed"),
+        (b"{broken", "parse"),
+        (b'["a list"]', "parse"),
+        (b'{"version": "https://jsonfeed.org/version/1", "title": "x"}', "parse"),
+    ],
+)
+def test_bad_json_feeds(body: bytes, kind: str) -> None:
+    with pytest.raises(FetchError) as caught:
+        parse_feed(result(body, "application/json"))
+    assert caught.value.kind == kind
+
+
+def test_polling_hints_are_read() -> None:
+    rss = RSS.replace(
+        "<link>https://site.example/</link>",
+        "<link>https://site.example/</link><ttl>90</ttl><skipHours><hour>1</hour><hour>2</hour>"
+        "</skipHours><skipDays><day>Sunday</day></skipDays>",
+    )
+    feed = parse_feed(result(rss))
+    assert feed.ttl == "90"
+    assert feed.skip_hours == ("1", "2") and feed.skip_days == ("Sunday",)
+
+
+def test_find_feed_links() -> None:
+    from aggregator.parser import find_feed_links
+
+    page = b"""<html><head><link rel="stylesheet" href="/s.css">
+    <link rel="alternate" type="application/rss+xml" href="/feed/">
+    <link rel="alternate" type="application/atom+xml" href="https://other.example/atom">
+    <link rel="alternate" type="text/html" hreflang="fr" href="/fr/">
+    <link rel="alternate" type="application/rss+xml" href="javascript:alert(1)"></head></html>"""
+    assert find_feed_links(page, "https://blog.example/post/") == [
+        "https://blog.example/feed/",
+        "https://other.example/atom",
+    ]
+    assert find_feed_links(b"", "https://x.example/") == []
+
+
+def test_entity_declarations_are_refused() -> None:
+    bomb = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><rss version="2.0"></rss>'
+    with pytest.raises(FetchError, match="entities"):
+        parse_feed(result(bomb))

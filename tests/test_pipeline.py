@@ -149,3 +149,115 @@ def test_feed_html_is_sanitised_before_storing(
     assert hostile.split("(")[0].split("=")[0] in raw  # the fixture really carries it
     for article in stored(settings):
         assert hostile not in article.html
+
+
+def test_permanent_redirect_is_adopted_after_three_polls(
+    httpserver: HTTPServer, write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aggregator.cli import main
+
+    new = serve(httpserver, "/new/feed", "feeds/full-content.rss", "application/rss+xml")
+    httpserver.expect_request("/old/feed").respond_with_data("", status=301, headers={"Location": new})
+    old = httpserver.url_for("/old/feed")
+    config = write_config(feeds=[{"url": old, "full_text": False}])
+    settings = load_settings(config, environ={})
+    for poll in range(1, 4):
+        refresh(settings)
+        store = Store.open(settings.database_url)
+        state = store.feed_state(old)
+        store.close()
+        if poll < 3:
+            assert (state.moved_to, state.moved_count, state.fetch_url) == (new, poll, None)
+    assert (state.fetch_url, state.fetch_url_reason) == (new, "moved")
+    old_requests = sum(1 for e in httpserver.log if e[0].path == "/old/feed")
+    refresh(settings)
+    assert sum(1 for e in httpserver.log if e[0].path == "/old/feed") == old_requests  # polls new
+    assert main(["feeds", "--config", str(config)]) == 0
+    assert f"moved permanently to {new}: update feeds.yaml" in capsys.readouterr().out
+
+
+def test_not_modified_writes_only_the_fetch_record(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    from werkzeug import Request, Response
+
+    base = httpserver.url_for("/").rstrip("/")
+    body = RSS.format(
+        title="Undated",
+        base=base,
+        items="".join(
+            ITEM.format(title=f"T{i}", link=f"{base}/{i}", guid=i, description="Text.") for i in range(2)
+        ),
+    )
+
+    def handler(request: Request) -> Response:
+        if request.headers.get("If-Modified-Since") == "Mon, 14 Aug 2017 10:00:00 GMT":
+            return Response(status=304)
+        return Response(
+            body,
+            content_type="application/rss+xml",
+            headers={"Last-Modified": "Mon, 14 Aug 2017 10:00:00 GMT", "Cache-Control": "max-age=7200"},
+        )
+
+    httpserver.expect_request("/feed").respond_with_handler(handler)
+    settings = load_settings(
+        write_config(feeds=[{"url": httpserver.url_for("/feed"), "full_text": False}]), environ={}
+    )
+    refresh(settings)
+    before = stored(settings)
+    (outcome,) = refresh(settings)
+    assert outcome.not_modified
+    assert stored(settings) == before
+    store = Store.open(settings.database_url)
+    (status,) = store.feed_statuses([(httpserver.url_for("/feed"), "f")])
+    store.close()
+    assert status.last_status == 304
+    assert status.poll_interval == 7200  # Cache-Control max-age from the full response
+
+
+def test_per_host_limit(httpserver: HTTPServer, write_config: ConfigWriter) -> None:
+    import threading
+    import time as clock
+
+    from werkzeug import Request, Response
+
+    lock = threading.Lock()
+    active = {"now": 0, "peak": 0}
+    body = (Path(__file__).parent / "data/feeds/full-content.rss").read_text()
+
+    def slow(request: Request) -> Response:
+        with lock:
+            active["now"] += 1
+            active["peak"] = max(active["peak"], active["now"])
+        clock.sleep(0.2)
+        with lock:
+            active["now"] -= 1
+        return Response(body, content_type="application/rss+xml")
+
+    for i in range(6):
+        httpserver.expect_request(f"/feed{i}").respond_with_handler(slow)
+    feeds = [{"url": httpserver.url_for(f"/feed{i}"), "full_text": False} for i in range(6)]
+    settings = load_settings(write_config(feeds=feeds, fetch={"per_host": 2}), environ={})
+    outcomes = refresh(settings)
+    assert all(o.ok for o in outcomes)
+    assert active["peak"] == 2
+
+
+def test_missing_and_future_dates(httpserver: HTTPServer, write_config: ConfigWriter) -> None:
+    base = httpserver.url_for("/").rstrip("/")
+    items = (
+        "<item><title>Undated</title><link>" + base + "/u</link><guid>u</guid>"
+        "<description>No date.</description></item>"
+        "<item><title>Future</title><link>" + base + "/f</link><guid>f</guid>"
+        "<pubDate>Fri, 01 Jan 2100 00:00:00 GMT</pubDate><description>Later.</description></item>"
+    )
+    httpserver.expect_request("/feed").respond_with_data(
+        RSS.format(title="Dates", base=base, items=items), content_type="application/rss+xml"
+    )
+    settings = load_settings(
+        write_config(feeds=[{"url": httpserver.url_for("/feed"), "full_text": False}]), environ={}
+    )
+    refresh(settings)
+    for article in stored(settings):
+        assert article.published is not None
+        assert abs((article.published - article.first_seen).total_seconds()) < 60
