@@ -36,7 +36,12 @@ def canonical_url(url: str) -> str:
 
 def url_key(url: str) -> str:
     """Return a fixed-length key for the canonical form of ``url`` (indexed in the database)."""
-    return _sha(canonical_url(url))
+    return key_of_canonical(canonical_url(url))
+
+
+def key_of_canonical(canonical: str) -> str:
+    """Return url_key for a URL that canonical_url() already returned."""
+    return _sha(canonical)
 
 
 def entry_key(entry: ParsedEntry, repeated_guids: frozenset[str] = frozenset()) -> str:
@@ -64,7 +69,9 @@ def repeated_guids(entries: tuple[ParsedEntry, ...]) -> frozenset[str]:
 
 def normalise_words(text: str) -> list[str]:
     """Return the lower-cased word tokens of ``text`` after Unicode normalisation."""
-    return _WORDS.findall(unicodedata.normalize("NFKC", text).casefold())
+    if not text.isascii():  # NFKC is the costly part, and ASCII needs none
+        text = unicodedata.normalize("NFKC", text)
+    return _WORDS.findall(text.casefold())
 
 
 def text_hash(text: str) -> str | None:

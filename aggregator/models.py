@@ -86,6 +86,7 @@ class NewArticle:
     extraction: str  # "page" | "feed" | "none"
     content_hash: str | None
     link_key: str | None = None  # dedup.url_key of the entry's own link
+    url_key: str | None = None  # dedup.url_key(url), when the caller computed it already
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import json
 import re
 import time
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin
 
@@ -17,6 +18,7 @@ from lxml import etree
 
 from aggregator.errors import FetchError
 from aggregator.models import FetchResult, ParsedEntry, ParsedFeed
+from aggregator.sanitize import html_to_text
 
 # Bozo exceptions that still leave a usable feed (wrong declared encoding and the like).
 _BENIGN = (
@@ -35,6 +37,19 @@ _SKIP_HOURS = re.compile(rb"<skipHours\b[^>]*>(.*?)</skipHours>", re.S | re.I)
 _SKIP_DAYS = re.compile(rb"<skipDays\b[^>]*>(.*?)</skipDays>", re.S | re.I)
 _HOUR = re.compile(rb"<hour>\s*(\d{1,2})\s*</hour>", re.I)
 _DAY = re.compile(rb"<day>\s*([A-Za-z]+)\s*</day>", re.I)
+_ATOM = "{http://www.w3.org/2005/Atom}"
+_CONTENT = "{http://purl.org/rss/1.0/modules/content/}"
+_DC = "{http://purl.org/dc/elements/1.1/}"
+_SY = "{http://purl.org/rss/1.0/modules/syndication/}"
+# No entities, no network, no huge trees: a feed is data, never instructions to the parser.
+_XML = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    huge_tree=False,
+    remove_comments=True,
+    remove_pis=True,
+    load_dtd=False,
+)
 
 
 def parse_feed(result: FetchResult) -> ParsedFeed:
@@ -47,6 +62,9 @@ def parse_feed(result: FetchResult) -> ParsedFeed:
     if b"<!ENTITY" in head:
         # Internal DTD entities are how XML bombs expand; no real feed needs them.
         raise FetchError("parse", "the document declares XML entities; refused as unsafe")
+    fast = _fast_parse(result, head)
+    if fast is not None:
+        return fast
     # Bytes plus headers only: given a str, feedparser may treat it as a path or URL to open.
     parsed = feedparser.parse(
         result.body,
@@ -86,6 +104,157 @@ def parse_feed(result: FetchResult) -> ParsedFeed:
         skip_hours=_listed(_SKIP_HOURS, _HOUR, head),
         skip_days=_listed(_SKIP_DAYS, _DAY, head),
     )
+
+
+def _fast_parse(result: FetchResult, head: bytes) -> ParsedFeed | None:
+    """Parse well-formed RSS 2.0 or Atom 1.0 with lxml, about ten times faster than feedparser.
+
+    Returns None for anything else (RSS 1.0, xml:base, a document lxml will not take as it is),
+    which feedparser then reads with all its leniency. The two agree on what they both read
+    (tests/test_parser.py compares them); HTML is sanitised later, before it is stored.
+    """
+    if b"xml:base" in head:
+        return None
+    try:
+        root = etree.fromstring(result.body, _XML)
+    except (etree.XMLSyntaxError, ValueError):
+        return None
+    base = result.final_url
+    if root.tag == "rss" and root.get("version", "2.0") in ("2.0", "0.91", "0.92", "0.93", "0.94"):
+        channel = root.find("channel")
+        if channel is None:
+            return None
+        entries = tuple(_rss_item(item, base) for item in channel.iter("item"))
+        return ParsedFeed(
+            title=_plain(channel.findtext("title")),
+            site_url=_url(base, channel.findtext("link")),
+            entries=entries,
+            ttl=_strip(channel.findtext("ttl")),
+            update_period=_strip(channel.findtext(f"{_SY}updatePeriod")),
+            update_frequency=_strip(channel.findtext(f"{_SY}updateFrequency")),
+            skip_hours=_listed(_SKIP_HOURS, _HOUR, head),
+            skip_days=_listed(_SKIP_DAYS, _DAY, head),
+        )
+    if root.tag == f"{_ATOM}feed":
+        feed_author = _atom_author(root)
+        entries = tuple(_atom_entry(e, base, feed_author) for e in root.iter(f"{_ATOM}entry"))
+        return ParsedFeed(
+            title=_atom_text(root.find(f"{_ATOM}title")),
+            site_url=_atom_link(root, base),
+            entries=entries,
+        )
+    return None
+
+
+def _rss_item(item: etree._Element, base: str) -> ParsedEntry:
+    guid_element = item.find("guid")
+    guid = _strip(guid_element.text if guid_element is not None else None)
+    link = _url(base, item.findtext("link"))
+    permalink = guid_element is not None and guid_element.get("isPermaLink", "true").lower() == "true"
+    if link is None and guid and permalink and "://" in guid:
+        link = _url(base, guid)
+    published = _rss_date(item.findtext("pubDate")) or _rss_date(item.findtext(f"{_DC}date"))
+    author = _plain(item.findtext(f"{_DC}creator")) or _plain(item.findtext("author"))
+    return ParsedEntry(
+        guid=guid,
+        url=link,
+        title=_plain(item.findtext("title")),
+        summary_html=item.findtext("description") or "",
+        content_html=item.findtext(f"{_CONTENT}encoded") or "",
+        published=published,
+        updated=None,
+        author=author or None,
+    )
+
+
+def _atom_entry(entry: etree._Element, base: str, feed_author: str | None) -> ParsedEntry:
+    published = _rfc3339(entry.findtext(f"{_ATOM}published") or "")
+    updated = _rfc3339(entry.findtext(f"{_ATOM}updated") or "")
+    content = entry.find(f"{_ATOM}content")
+    return ParsedEntry(
+        guid=_strip(entry.findtext(f"{_ATOM}id")),
+        url=_atom_link(entry, base),
+        title=_atom_text(entry.find(f"{_ATOM}title")),
+        summary_html=_atom_html(entry.find(f"{_ATOM}summary")),
+        content_html="" if content is None or content.get("src") else _atom_html(content),
+        published=published or updated,
+        updated=updated,
+        author=_atom_author(entry) or feed_author,
+    )
+
+
+def _atom_link(element: etree._Element, base: str) -> str | None:
+    for link in element.findall(f"{_ATOM}link"):
+        if link.get("rel", "alternate") == "alternate" and link.get("href"):
+            return _url(base, link.get("href"))
+    return None
+
+
+def _atom_author(element: etree._Element) -> str | None:
+    names = [_plain(a.findtext(f"{_ATOM}name")) for a in element.findall(f"{_ATOM}author")]
+    return ", ".join(n for n in names if n) or None
+
+
+def _atom_html(element: etree._Element | None) -> str:
+    """Return an Atom text construct as HTML."""
+    if element is None:
+        return ""
+    kind = element.get("type", "text")
+    if kind == "xhtml":
+        div = element.find("{http://www.w3.org/1999/xhtml}div")
+        if div is None:
+            return ""
+        etree.cleanup_namespaces(div)
+        inner = (div.text or "") + "".join(
+            etree.tostring(child, encoding="unicode", method="html") for child in div
+        )
+        return inner.replace(' xmlns="http://www.w3.org/1999/xhtml"', "")
+    text = element.text or ""
+    return text if kind in ("html", "text/html") else _escape(text)
+
+
+def _atom_text(element: etree._Element | None) -> str:
+    if element is None:
+        return ""
+    if element.get("type", "text") in ("html", "xhtml", "text/html"):
+        return _text(html_to_text(_atom_html(element)))
+    return _text(element.text)
+
+
+def _plain(value: str | None) -> str:
+    """Titles and names: entities are decoded by the XML parser; markup in them is dropped."""
+    if not value:
+        return ""
+    return _text(html_to_text(value) if "<" in value else value)
+
+
+def _rss_date(value: str | None) -> datetime | None:
+    if not value or not value.strip():
+        return None
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        parsed = None
+    if parsed is None:
+        return _rfc3339(value) or _date(_feedparser_date(value))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _feedparser_date(value: str) -> time.struct_time | None:
+    # feedparser knows dozens of broken date formats seen in the wild; ask it last.
+    try:
+        return feedparser.datetimes._parse_date(value)  # type: ignore[attr-defined, no-any-return]
+    except (AttributeError, ValueError, TypeError, OverflowError):
+        return None
+
+
+def _url(base: str, value: str | None) -> str | None:
+    value = _strip(value)
+    return urljoin(base, value) if value else None
+
+
+def _strip(value: str | None) -> str | None:
+    return value.strip() or None if value else None
 
 
 def parse_json_feed(body: bytes, base_url: str) -> ParsedFeed:

@@ -10,13 +10,13 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aggregator.config import FeedConfig, Settings
-from aggregator.dedup import canonical_url, entry_key, repeated_guids, text_hash, url_key
+from aggregator.dedup import canonical_url, key_of_canonical, text_hash
 from aggregator.errors import FetchError, StorageError
 from aggregator.extractor import extract_page
 from aggregator.fetcher import PAGE_ACCEPT, Fetcher
@@ -24,11 +24,9 @@ from aggregator.models import (
     ExtractedPage,
     FetchResult,
     NewArticle,
-    ParsedEntry,
-    ParsedFeed,
     RefreshOutcome,
 )
-from aggregator.parser import find_feed_links, looks_like_html, parse_feed
+from aggregator.parser import find_feed_links, looks_like_html
 from aggregator.polling import (
     PollLimits,
     cache_max_age,
@@ -37,15 +35,14 @@ from aggregator.polling import (
     retry_after,
     skip_to_allowed,
 )
-from aggregator.sanitize import clean_html, html_to_text, text_to_html
+from aggregator.prepare import PreparedEntry, PreparedFeed, prepare_feed
+from aggregator.sanitize import text_to_html
 from aggregator.store import FeedLocation, FeedState, Store
 
 log = logging.getLogger(__name__)
 
 # A permanent redirect seen on this many polls in a row is adopted as the feed's new URL.
 MOVE_AFTER = 3
-# Entry dates further ahead than this are a publisher's mistake: they become "now".
-FUTURE_SLACK = timedelta(days=1)
 T = TypeVar("T")
 
 
@@ -100,20 +97,26 @@ class Pipeline:
         location = _follow_moves(state, result)
         if result.not_modified:
             return await self._not_modified(feed, state, result, location)
-        parsed, result, location = await self._parse_or_discover(result, location)
         now = self.clock()
-        entries = _sane_dates(parsed.entries[: self.settings.fetch.max_entries], now)
-        new = await self._new_entries(feed, entries)
+        prepared, result, location = await self._parse_or_discover(result, location, now)
+        parsed = prepared.feed
+        new = await self._new_entries(feed, prepared.entries)
         # Check duplicates by URL before the costly step: a page stored already is not fetched.
-        links = {key: url_key(e.url) for key, e in new.items() if e.url}
-        stored_links = await asyncio.to_thread(self.store.known_url_keys, links.values())
+        stored_links = await asyncio.to_thread(
+            self.store.known_url_keys, [p.link_key for p in new if p.link_key]
+        )
         full_text = self.settings.full_text_for(feed)
         articles = await asyncio.gather(
             *(
-                self._article(feed, key, entry, full_text and key in links and links[key] not in stored_links)
-                for key, entry in new.items()
+                self._article(
+                    feed,
+                    item,
+                    full_text and item.link_key is not None and item.link_key not in stored_links,
+                )
+                for item in new
             )
         )
+        entries = [p.entry for p in prepared.entries]
         hints = feed_hints(
             result.cache_control,
             parsed.ttl,
@@ -178,11 +181,12 @@ class Pipeline:
         return RefreshOutcome(feed.url, ok=True, status=304, not_modified=True)
 
     async def _parse_or_discover(
-        self, result: FetchResult, location: FeedLocation
-    ) -> tuple[ParsedFeed, FetchResult, FeedLocation]:
+        self, result: FetchResult, location: FeedLocation, now: datetime
+    ) -> tuple[PreparedFeed, FetchResult, FeedLocation]:
         """Parse the feed; for an HTML page, follow the feed it advertises (autodiscovery)."""
+        limit = self.settings.fetch.max_entries
         try:
-            return await self._cpu(parse_feed, result), result, location
+            return await self._cpu(prepare_feed, result, limit, now), result, location
         except FetchError as exc:
             if exc.kind != "not_a_feed" or not looks_like_html(result):
                 raise
@@ -190,57 +194,53 @@ class Pipeline:
         if not links:
             raise FetchError("not_a_feed", "an HTML page that advertises no feed")
         discovered = await self.fetcher.fetch(links[0])
-        parsed = await self._cpu(parse_feed, discovered)
+        prepared = await self._cpu(prepare_feed, discovered, limit, now)
         log.info("discovered feed=%s at=%s", result.url, links[0])
-        return parsed, discovered, FeedLocation(links[0], "discovered", None, 0)
+        return prepared, discovered, FeedLocation(links[0], "discovered", None, 0)
 
-    async def _new_entries(
-        self, feed: FeedConfig, entries: tuple[ParsedEntry, ...]
-    ) -> dict[str, ParsedEntry]:
-        repeated = repeated_guids(entries)
-        keyed: dict[str, ParsedEntry] = {}
-        for entry in entries:
-            keyed.setdefault(entry_key(entry, repeated), entry)
+    async def _new_entries(self, feed: FeedConfig, entries: tuple[PreparedEntry, ...]) -> list[PreparedEntry]:
+        keyed: dict[str, PreparedEntry] = {}
+        for item in entries:
+            keyed.setdefault(item.key, item)
         known = await asyncio.to_thread(self.store.known_entry_keys, feed.url, keyed)
-        candidates = {key: entry for key, entry in keyed.items() if key not in known}
+        candidates = [item for key, item in keyed.items() if key not in known]
         # Feeds that mint new GUIDs on every poll: an entry whose link this feed stored already
         # is not new. Links shared by several entries of this poll prove nothing and are skipped.
-        link_count = Counter(url_key(e.url) for e in candidates.values() if e.url)
-        links = {
-            key: url_key(e.url) for key, e in candidates.items() if e.url and link_count[url_key(e.url)] == 1
-        }
-        seen = await asyncio.to_thread(self.store.known_feed_url_keys, feed.url, links.values())
-        return {key: e for key, e in candidates.items() if links.get(key) not in seen}
+        link_count = Counter(item.link_key for item in candidates if item.link_key)
+        unique = {key for key, count in link_count.items() if count == 1}
+        seen = await asyncio.to_thread(self.store.known_feed_url_keys, feed.url, unique)
+        return [item for item in candidates if item.link_key not in seen]
 
-    async def _article(self, feed: FeedConfig, key: str, entry: ParsedEntry, fetch_page: bool) -> NewArticle:
+    async def _article(self, feed: FeedConfig, item: PreparedEntry, fetch_page: bool) -> NewArticle:
+        entry = item.entry
         url = entry.url or feed.url
         page: ExtractedPage | None = None
         final_url = url
         if fetch_page:
             page, final_url = await self._fetch_and_extract(url)
-        feed_html = entry.content_html or entry.summary_html
-        feed_text = html_to_text(feed_html)
-        if page is not None and len(page.text.split()) >= len(feed_text.split()):
+        if page is not None and len(page.text.split()) >= len(item.text.split()):
             text, html, extraction = page.text, page.html, "page"
-        elif feed_text:
-            text, html, extraction = feed_text, clean_html(feed_html, url), "feed"
+            content_hash = text_hash(text)
+        elif item.text:
+            text, html, extraction, content_hash = item.text, item.html, "feed", item.text_hash
         else:
-            text, html, extraction = "", "", "none"
+            text, html, extraction, content_hash = "", "", "none", None
         article_url = _article_url(final_url, page.canonical_url if page else None)
         return NewArticle(
             feed_url=feed.url,
-            entry_key=key,
+            entry_key=item.key,
             url=article_url,
             # The feed's headline is the publisher's own, without the "- Site Name" of <title>.
             title=entry.title or (page_title(page) if page else "") or article_url,
             author=(page.author if page and page.author else None) or entry.author,
             published=entry.published or (page.published if page else None),
-            summary=html_to_text(entry.summary_html),
+            summary=item.summary,
             text=text,
             html=html or text_to_html(text),
             extraction=extraction,
-            content_hash=text_hash(text),
-            link_key=url_key(entry.url) if entry.url else None,
+            content_hash=content_hash,
+            link_key=item.link_key,
+            url_key=key_of_canonical(article_url),
         )
 
     async def _fetch_and_extract(self, url: str) -> tuple[ExtractedPage | None, str]:
@@ -336,16 +336,6 @@ def _follow_moves(state: FeedState, result: FetchResult) -> FeedLocation:
         log.warning("feed moved permanently feed=%s to=%s", result.url, target)
         return FeedLocation(target, "moved", None, 0)
     return FeedLocation(fetch_url, reason, target, count)
-
-
-def _sane_dates(entries: tuple[ParsedEntry, ...], now: datetime) -> tuple[ParsedEntry, ...]:
-    """Entries without a date get the time first seen; absurd future dates are clamped."""
-    fixed = []
-    for entry in entries:
-        if entry.published is None or entry.published > now + FUTURE_SLACK:
-            entry = replace(entry, published=now)
-        fixed.append(entry)
-    return tuple(fixed)
 
 
 def page_title(page: ExtractedPage) -> str:

@@ -6,7 +6,9 @@ feed's fetch record, and a digest run is recorded with its items before the emai
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -56,6 +58,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     def open(cls, database_url: str) -> Store:
@@ -83,7 +86,7 @@ class Store:
     def ensure_feeds(self, urls: Iterable[str], now: datetime) -> None:
         """Create a row for each configured feed that has none; a new feed is due at once."""
         wanted = list(dict.fromkeys(urls))
-        with self._session() as session, session.begin():
+        with self._writing(), self._session() as session, session.begin():
             present = set(session.scalars(select(Feed.url).where(Feed.url.in_(wanted))))
             for url in wanted:
                 if url not in present:
@@ -184,8 +187,7 @@ class Store:
 
         Returns (articles added, of which duplicates of an article already stored).
         """
-        added = duplicates = 0
-        with self._session() as session, session.begin():
+        with self._writing(), self._session() as session, session.begin():
             feed = self._feed_row(session, feed_url, now)
             feed.etag, feed.last_modified = etag, last_modified
             feed.title = title or feed.title
@@ -208,47 +210,90 @@ class Store:
                         )
                     )
                 )
+            fresh: list[NewArticle] = []
             for article in articles:
-                if article.entry_key in present:
-                    continue
-                present.add(article.entry_key)
-                key = url_key(article.url)
-                representative = self._representative(session, key, article.content_hash)
-                row = Article(
-                    feed_id=feed.id,
-                    entry_key=article.entry_key,
-                    url=article.url,
-                    url_key=key,
-                    title=article.title,
-                    author=article.author,
-                    published=article.published,
-                    first_seen=now,
-                    summary=article.summary,
-                    text=article.text,
-                    html=article.html,
-                    extraction=article.extraction,
-                    content_hash=article.content_hash,
-                    link_key=article.link_key,
-                    duplicate_of=representative,
-                )
-                session.add(row)
-                session.flush()  # later articles of this batch may be duplicates of this one
-                added += 1
-                duplicates += representative is not None
-        return added, duplicates
+                if article.entry_key not in present:
+                    present.add(article.entry_key)
+                    fresh.append(article)
+            return self._insert_articles(session, feed.id, fresh, now)
 
-    @staticmethod
-    def _representative(session: Session, key: str, content_hash: str | None) -> int | None:
-        """Return the id of the earliest stored copy of the same story, or None."""
-        condition = Article.url_key == key
-        if content_hash:
-            condition = condition | (Article.content_hash == content_hash)
-        earliest = session.execute(
-            select(Article.id, Article.duplicate_of).where(condition).order_by(Article.id).limit(1)
-        ).first()
-        if earliest is None:
-            return None
-        return earliest.duplicate_of or earliest.id
+    def _insert_articles(
+        self, session: Session, feed_id: int, articles: list[NewArticle], now: datetime
+    ) -> tuple[int, int]:
+        """Insert ``articles``, each pointing at the earliest stored copy of its story if any."""
+        keys = {_url_key(a) for a in articles}
+        hashes = {a.content_hash for a in articles if a.content_hash}
+        by_url: dict[str, int] = {}
+        by_hash: dict[str, int] = {}
+        for column, values, found in (
+            (Article.url_key, keys, by_url),
+            (Article.content_hash, hashes, by_hash),
+        ):
+            for chunk in _chunks(sorted(values)):
+                rows = session.execute(
+                    select(Article.id, Article.duplicate_of, column)
+                    .where(column.in_(chunk))
+                    .order_by(Article.id)
+                )
+                for article_id, duplicate_of, value in rows:
+                    found.setdefault(value, duplicate_of or article_id)
+        # Copies within this batch point at the first of them, known once it has an id.
+        batch_url: dict[str, Article] = {}
+        batch_hash: dict[str, Article] = {}
+        pending: list[tuple[Article, Article]] = []
+        rows_added: list[Article] = []
+        duplicates = 0
+        for article in articles:
+            key = _url_key(article)
+            representative = by_url.get(key) or (
+                by_hash.get(article.content_hash) if article.content_hash else None
+            )
+            row = Article(
+                feed_id=feed_id,
+                entry_key=article.entry_key,
+                url=article.url,
+                url_key=key,
+                title=article.title,
+                author=article.author,
+                published=article.published,
+                first_seen=now,
+                summary=article.summary,
+                text=article.text,
+                html=article.html,
+                extraction=article.extraction,
+                content_hash=article.content_hash,
+                link_key=article.link_key,
+                duplicate_of=representative,
+            )
+            if representative is None:
+                twin = batch_url.get(key) or (
+                    batch_hash.get(article.content_hash) if article.content_hash else None
+                )
+                if twin is not None:
+                    pending.append((row, twin))
+                else:
+                    batch_url.setdefault(key, row)
+                    if article.content_hash:
+                        batch_hash.setdefault(article.content_hash, row)
+            duplicates += representative is not None
+            rows_added.append(row)
+        session.add_all(rows_added)
+        if pending:
+            session.flush()
+            for row, twin in pending:
+                row.duplicate_of = twin.id
+            duplicates += len(pending)
+        return len(rows_added), duplicates
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        # SQLite has one writer: threads of this process take turns here instead of
+        # spinning in SQLite's busy handler.
+        if self._write_lock is None:
+            yield
+        else:
+            with self._write_lock:
+                yield
 
     def record_not_modified(
         self,
@@ -258,7 +303,7 @@ class Store:
         next_fetch: datetime,
         location: FeedLocation | None = None,
     ) -> None:
-        with self._session() as session, session.begin():
+        with self._writing(), self._session() as session, session.begin():
             feed = self._feed_row(session, feed_url, now)
             feed.last_fetch_at = feed.last_success_at = now
             feed.last_status, feed.last_error, feed.error_kind = 304, None, None
@@ -270,7 +315,7 @@ class Store:
 
     def record_gone(self, feed_url: str, *, now: datetime, message: str) -> None:
         """Record 410 Gone: the feed is not polled again until fetched explicitly."""
-        with self._session() as session, session.begin():
+        with self._writing(), self._session() as session, session.begin():
             feed = self._feed_row(session, feed_url, now)
             feed.last_fetch_at = feed.gone_at = now
             feed.last_status, feed.error_kind, feed.last_error = 410, "gone", message[:2000]
@@ -287,7 +332,7 @@ class Store:
         next_fetch: datetime,
     ) -> int:
         """Record a failed poll on the feed; return its consecutive failure count."""
-        with self._session() as session, session.begin():
+        with self._writing(), self._session() as session, session.begin():
             feed = self._feed_row(session, feed_url, now)
             feed.last_fetch_at = now
             feed.last_status = status
@@ -408,7 +453,7 @@ class Store:
         now: datetime,
     ) -> int:
         """Record a run about to be delivered with its items; reuse a pending run of the same key."""
-        with self._session() as session, session.begin():
+        with self._writing(), self._session() as session, session.begin():
             run = session.scalar(select(DigestRun).where(DigestRun.run_key == run_key))
             if run is None:
                 run = DigestRun(
@@ -428,13 +473,13 @@ class Store:
             return run.id
 
     def finish_digest_run(self, run_id: int, now: datetime) -> None:
-        with self._session() as session, session.begin():
+        with self._writing(), self._session() as session, session.begin():
             run = session.get(DigestRun, run_id)
             if run is not None:
                 run.status, run.sent_at = "sent", now
 
     def fail_digest_run(self, run_id: int, error: str) -> None:
-        with self._session() as session, session.begin():
+        with self._writing(), self._session() as session, session.begin():
             run = session.get(DigestRun, run_id)
             if run is not None:
                 run.status, run.error = "failed", error[:2000]
@@ -450,6 +495,10 @@ class Store:
                     DigestRun.digest_name == digest_name, DigestRun.status == "sent"
                 )
             )
+
+
+def _url_key(article: NewArticle) -> str:
+    return article.url_key or url_key(article.url)
 
 
 def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
