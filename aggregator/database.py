@@ -49,16 +49,27 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
         raise StorageError(f"cannot use database {redact(url)}: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN, so writes can ask for BEGIN IMMEDIATE.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: seven indexes per article
     cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    # A write transaction that starts as a read can fail on upgrade when another process wrote
+    # meanwhile (SQLITE_BUSY_SNAPSHOT, which no busy timeout retries): writers start IMMEDIATE.
+    immediate = connection.get_execution_options().get("sqlite_immediate")
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def migrate(engine: Engine) -> None:

@@ -27,7 +27,7 @@ class FetchResult:
         return self.status == 304
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: sent between processes, and slots pickle slowly
 class ParsedEntry:
     """One feed item as the feed describes it."""
 

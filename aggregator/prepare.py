@@ -9,17 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
-from aggregator.dedup import entry_key, repeated_guids, text_hash, url_key
-from aggregator.models import FetchResult, ParsedEntry, ParsedFeed
+from aggregator.dedup import (
+    canonical_url,
+    entry_key,
+    key_of_canonical,
+    repeated_guids,
+    text_hash,
+    url_key,
+)
+from aggregator.models import ExtractedPage, FetchResult, NewArticle, ParsedEntry, ParsedFeed
 from aggregator.parser import parse_feed
-from aggregator.sanitize import clean_html, html_to_text
+from aggregator.sanitize import clean_html, html_to_text, text_to_html
 
 # Entry dates further ahead than this are a publisher's mistake: they become "now".
 FUTURE_SLACK = timedelta(days=1)
 
 
-@dataclass(frozen=True, slots=True)
+# No slots: these cross process boundaries, and slotted dataclasses pickle several times slower.
+@dataclass(frozen=True)
 class PreparedEntry:
     entry: ParsedEntry
     key: str  # dedup.entry_key
@@ -30,7 +39,7 @@ class PreparedEntry:
     summary: str  # the summary as text
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class PreparedFeed:
     feed: ParsedFeed
     entries: tuple[PreparedEntry, ...]
@@ -71,3 +80,58 @@ def sane_dates(entries: tuple[ParsedEntry, ...], now: datetime) -> tuple[ParsedE
             entry = replace(entry, published=now)
         fixed.append(entry)
     return tuple(fixed)
+
+
+def build_article(
+    feed_url: str, item: PreparedEntry, page: ExtractedPage | None, final_url: str
+) -> NewArticle:
+    """Merge a feed entry with what its page gave (if anything) into the article to store.
+
+    The page's text wins when it is at least as long as the feed's own; the feed's headline
+    and date win (the page <title> carries "- Site Name", and pages often give only a date);
+    the page's byline wins over the feed's author, which fills in when the page has none.
+    """
+    entry = item.entry
+    if page is not None and len(page.text.split()) >= len(item.text.split()):
+        text, html, extraction, content_hash = page.text, page.html, "page", text_hash(page.text)
+    elif item.text:
+        text, html, extraction, content_hash = item.text, item.html, "feed", item.text_hash
+    else:
+        text, html, extraction, content_hash = "", "", "none", None
+    url = article_url(final_url, page.canonical_url if page else None)
+    return NewArticle(
+        feed_url=feed_url,
+        entry_key=item.key,
+        url=url,
+        title=entry.title or (page_title(page) if page else "") or url,
+        author=(page.author if page and page.author else None) or entry.author,
+        published=entry.published or (page.published if page else None),
+        summary=item.summary,
+        text=text,
+        html=html or text_to_html(text),
+        extraction=extraction,
+        content_hash=content_hash,
+        link_key=item.link_key,
+        url_key=key_of_canonical(url),
+    )
+
+
+def page_title(page: ExtractedPage) -> str:
+    """Return the page's title without a trailing " - Site Name" or " | Site Name"."""
+    title = page.title or ""
+    if page.site_name:
+        for separator in (" - ", " | ", " – ", " — ", " :: "):
+            suffix = separator + page.site_name
+            if title.endswith(suffix) and len(title) > len(suffix):
+                return title[: -len(suffix)].strip()
+    return title
+
+
+def article_url(final_url: str, canonical: str | None) -> str:
+    """Return the canonical form of the page's URL, or of its rel=canonical on the same site."""
+    if canonical:
+        page_host = (urlsplit(final_url).hostname or "").removeprefix("www.")
+        canonical_host = (urlsplit(canonical).hostname or "").removeprefix("www.")
+        if page_host and page_host == canonical_host:
+            return canonical_url(canonical)
+    return canonical_url(final_url)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, exists, func, select, text
+from sqlalchemy import Engine, exists, func, insert, select, text, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +38,31 @@ class FeedState:
     poll_interval: float | None = None
 
 
+@dataclass(frozen=True)
+class FetchRecord:
+    """A successful full poll of a feed, stored with its new articles."""
+
+    status: int
+    etag: str | None
+    last_modified: str | None
+    title: str | None
+    site_url: str | None
+    now: datetime
+    next_fetch: datetime
+    poll_interval: float | None = None
+    location: FeedLocation | None = None
+    warning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the database knows of a poll's entries (see Store.seen)."""
+
+    entry_keys: set[str]  # entry keys this feed has stored
+    feed_links: set[str]  # link keys this feed has stored, as a page URL or an entry link
+    any_links: set[str]  # link keys any feed has stored
+
+
 @dataclass(frozen=True, slots=True)
 class FeedLocation:
     """Where a feed is polled: the URL in use and a permanent move being watched."""
@@ -59,6 +84,9 @@ class Store:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._write_sessions = sessionmaker(
+            engine.execution_options(sqlite_immediate=True), expire_on_commit=False
+        )
 
     @classmethod
     def open(cls, database_url: str) -> Store:
@@ -86,28 +114,33 @@ class Store:
     def ensure_feeds(self, urls: Iterable[str], now: datetime) -> None:
         """Create a row for each configured feed that has none; a new feed is due at once."""
         wanted = list(dict.fromkeys(urls))
-        with self._writing(), self._session() as session, session.begin():
+        with self._writing() as session:
             present = set(session.scalars(select(Feed.url).where(Feed.url.in_(wanted))))
             for url in wanted:
                 if url not in present:
                     session.add(Feed(url=url, created_at=now, consecutive_failures=0))
 
     def feed_state(self, url: str) -> FeedState:
+        return self.feed_states([url]).get(url) or FeedState(None, None, 0)
+
+    def feed_states(self, urls: Sequence[str]) -> dict[str, FeedState]:
+        """Return the polling state of each of ``urls`` that has a row."""
+        states: dict[str, FeedState] = {}
         with self._session() as session:
-            feed = session.scalar(select(Feed).where(Feed.url == url))
-            if feed is None:
-                return FeedState(None, None, 0)
-            return FeedState(
-                feed.etag,
-                feed.last_modified,
-                feed.consecutive_failures,
-                feed.fetch_url,
-                feed.fetch_url_reason,
-                feed.moved_to,
-                feed.moved_count or 0,
-                feed.gone_at is not None,
-                feed.poll_interval,
-            )
+            for chunk in _chunks(list(urls)):
+                for feed in session.scalars(select(Feed).where(Feed.url.in_(chunk))):
+                    states[feed.url] = FeedState(
+                        feed.etag,
+                        feed.last_modified,
+                        feed.consecutive_failures,
+                        feed.fetch_url,
+                        feed.fetch_url_reason,
+                        feed.moved_to,
+                        feed.moved_count or 0,
+                        feed.gone_at is not None,
+                        feed.poll_interval,
+                    )
+        return states
 
     def due_feeds(self, urls: Sequence[str], now: datetime) -> list[str]:
         """Return those of ``urls`` whose next fetch time has come (never fetched: due).
@@ -134,73 +167,56 @@ class Store:
             return None
         return min(t for t in times if t is not None)
 
-    def known_entry_keys(self, feed_url: str, keys: Iterable[str]) -> set[str]:
-        """Return which of ``keys`` are already stored for this feed."""
-        found: set[str] = set()
+    def seen(self, feed_url: str, entry_keys: Iterable[str], link_keys: Iterable[str]) -> Seen:
+        """Return which entries and links are stored already, in one round trip."""
+        entry_keys, link_keys = list(dict.fromkeys(entry_keys)), list(dict.fromkeys(link_keys))
+        known_entries: set[str] = set()
+        feed_links: set[str] = set()
+        any_links: set[str] = set()
         with self._session() as session:
-            for chunk in _chunks(list(keys)):
-                found.update(
+            feed_id = session.scalar(select(Feed.id).where(Feed.url == feed_url))
+            for chunk in _chunks(entry_keys):
+                known_entries.update(
                     session.scalars(
-                        select(Article.entry_key)
-                        .join(Feed, Feed.id == Article.feed_id)
-                        .where(Feed.url == feed_url, Article.entry_key.in_(chunk))
+                        select(Article.entry_key).where(
+                            Article.feed_id == feed_id, Article.entry_key.in_(chunk)
+                        )
                     )
                 )
-        return found
-
-    def known_feed_url_keys(self, feed_url: str, url_keys: Iterable[str]) -> set[str]:
-        """Return which of ``url_keys`` this feed stored already, as a page or an entry link."""
-        return self._known_links(url_keys, feed_url)
-
-    def known_url_keys(self, url_keys: Iterable[str]) -> set[str]:
-        """Return which of ``url_keys`` are stored already in any feed, as a page or an entry link."""
-        return self._known_links(url_keys, None)
-
-    def _known_links(self, url_keys: Iterable[str], feed_url: str | None) -> set[str]:
-        found: set[str] = set()
-        with self._session() as session:
-            for chunk in _chunks(list(dict.fromkeys(url_keys))):
+            for chunk in _chunks(link_keys):
                 for column in (Article.url_key, Article.link_key):
-                    query = select(column).where(column.in_(chunk))
-                    if feed_url is not None:
-                        query = query.join(Feed, Feed.id == Article.feed_id).where(Feed.url == feed_url)
-                    found.update(k for k in session.scalars(query) if k)
-        return found
+                    rows = session.execute(select(column, Article.feed_id).where(column.in_(chunk)))
+                    for key, owner in rows:
+                        any_links.add(key)
+                        if owner == feed_id:
+                            feed_links.add(key)
+        return Seen(known_entries, feed_links, any_links)
 
     def store_refresh(
         self,
         feed_url: str,
         articles: Sequence[NewArticle],
-        *,
-        status: int,
-        etag: str | None,
-        last_modified: str | None,
-        title: str | None,
-        site_url: str | None,
-        now: datetime,
-        next_fetch: datetime,
-        poll_interval: float | None = None,
-        location: FeedLocation | None = None,
-        warning: str | None = None,
+        record: FetchRecord,
     ) -> tuple[int, int]:
         """Store new articles and the successful fetch in one transaction.
 
         Returns (articles added, of which duplicates of an article already stored).
         """
-        with self._writing(), self._session() as session, session.begin():
+        now = record.now
+        with self._writing() as session:
             feed = self._feed_row(session, feed_url, now)
-            feed.etag, feed.last_modified = etag, last_modified
-            feed.title = title or feed.title
-            feed.site_url = site_url or feed.site_url
+            feed.etag, feed.last_modified = record.etag, record.last_modified
+            feed.title = record.title or feed.title
+            feed.site_url = record.site_url or feed.site_url
             feed.last_fetch_at = feed.last_success_at = now
-            feed.last_status, feed.last_error, feed.error_kind = status, None, None
+            feed.last_status, feed.last_error, feed.error_kind = record.status, None, None
             feed.consecutive_failures = 0
-            feed.next_fetch_at = next_fetch
+            feed.next_fetch_at = record.next_fetch
             feed.gone_at = None
-            feed.poll_interval = poll_interval
-            feed.last_warning = warning[:2000] if warning else None
-            if location is not None:
-                location.apply(feed)
+            feed.poll_interval = record.poll_interval
+            feed.last_warning = record.warning[:2000] if record.warning else None
+            if record.location is not None:
+                record.location.apply(feed)
             present: set[str] = set()
             for chunk in _chunks([a.entry_key for a in articles]):
                 present.update(
@@ -221,6 +237,8 @@ class Store:
         self, session: Session, feed_id: int, articles: list[NewArticle], now: datetime
     ) -> tuple[int, int]:
         """Insert ``articles``, each pointing at the earliest stored copy of its story if any."""
+        if not articles:
+            return 0, 0
         keys = {_url_key(a) for a in articles}
         hashes = {a.content_hash for a in articles if a.content_hash}
         by_url: dict[str, int] = {}
@@ -238,62 +256,63 @@ class Store:
                 for article_id, duplicate_of, value in rows:
                     found.setdefault(value, duplicate_of or article_id)
         # Copies within this batch point at the first of them, known once it has an id.
-        batch_url: dict[str, Article] = {}
-        batch_hash: dict[str, Article] = {}
-        pending: list[tuple[Article, Article]] = []
-        rows_added: list[Article] = []
+        first_by_url: dict[str, int] = {}
+        first_by_hash: dict[str, int] = {}
+        twins: dict[int, int] = {}  # position in batch -> position of its first copy
+        values: list[dict[str, object]] = []
         duplicates = 0
-        for article in articles:
+        for position, article in enumerate(articles):
             key = _url_key(article)
-            representative = by_url.get(key) or (
-                by_hash.get(article.content_hash) if article.content_hash else None
-            )
-            row = Article(
-                feed_id=feed_id,
-                entry_key=article.entry_key,
-                url=article.url,
-                url_key=key,
-                title=article.title,
-                author=article.author,
-                published=article.published,
-                first_seen=now,
-                summary=article.summary,
-                text=article.text,
-                html=article.html,
-                extraction=article.extraction,
-                content_hash=article.content_hash,
-                link_key=article.link_key,
-                duplicate_of=representative,
-            )
+            digest = article.content_hash
+            representative = by_url.get(key) or (by_hash.get(digest) if digest else None)
             if representative is None:
-                twin = batch_url.get(key) or (
-                    batch_hash.get(article.content_hash) if article.content_hash else None
-                )
+                twin = first_by_url.get(key)
+                if twin is None and digest:
+                    twin = first_by_hash.get(digest)
                 if twin is not None:
-                    pending.append((row, twin))
+                    twins[position] = twin
                 else:
-                    batch_url.setdefault(key, row)
-                    if article.content_hash:
-                        batch_hash.setdefault(article.content_hash, row)
-            duplicates += representative is not None
-            rows_added.append(row)
-        session.add_all(rows_added)
-        if pending:
-            session.flush()
-            for row, twin in pending:
-                row.duplicate_of = twin.id
-            duplicates += len(pending)
-        return len(rows_added), duplicates
+                    first_by_url.setdefault(key, position)
+                    if digest:
+                        first_by_hash.setdefault(digest, position)
+            duplicates += representative is not None or position in twins
+            values.append(
+                {
+                    "feed_id": feed_id,
+                    "entry_key": article.entry_key,
+                    "url": article.url,
+                    "url_key": key,
+                    "link_key": article.link_key,
+                    "title": article.title,
+                    "author": article.author,
+                    "published": article.published,
+                    "first_seen": now,
+                    "summary": article.summary,
+                    "text": article.text,
+                    "html": article.html,
+                    "extraction": article.extraction,
+                    "content_hash": digest,
+                    "duplicate_of": representative,
+                }
+            )
+        # Core executemany: the ORM's unit of work costs more than the insert itself here.
+        ids = session.scalars(
+            insert(Article).returning(Article.id, sort_by_parameter_order=True), values
+        ).all()
+        for position, twin in twins.items():
+            session.execute(update(Article).where(Article.id == ids[position]).values(duplicate_of=ids[twin]))
+        return len(values), duplicates
 
     @contextmanager
-    def _writing(self) -> Iterator[None]:
-        # SQLite has one writer: threads of this process take turns here instead of
-        # spinning in SQLite's busy handler.
-        if self._write_lock is None:
-            yield
-        else:
-            with self._write_lock:
-                yield
+    def _writing(self) -> Iterator[Session]:
+        """A session in a write transaction.
+
+        On SQLite the transaction starts IMMEDIATE (taking the write lock at once, so it never
+        fails halfway on a lock another process took), and threads of this process take turns
+        on a lock instead of spinning in SQLite's busy handler.
+        """
+        with self._write_lock or nullcontext(), self._write_sessions() as session, session.begin():
+            yield session
 
     def record_not_modified(
         self,
@@ -303,19 +322,30 @@ class Store:
         next_fetch: datetime,
         location: FeedLocation | None = None,
     ) -> None:
-        with self._writing(), self._session() as session, session.begin():
-            feed = self._feed_row(session, feed_url, now)
-            feed.last_fetch_at = feed.last_success_at = now
-            feed.last_status, feed.last_error, feed.error_kind = 304, None, None
-            feed.consecutive_failures = 0
-            feed.next_fetch_at = next_fetch
-            feed.gone_at = None
-            if location is not None:
-                location.apply(feed)
+        values: dict[str, object] = {
+            "last_fetch_at": now,
+            "last_success_at": now,
+            "last_status": 304,
+            "last_error": None,
+            "error_kind": None,
+            "consecutive_failures": 0,
+            "next_fetch_at": next_fetch,
+            "gone_at": None,
+        }
+        if location is not None:
+            values.update(
+                fetch_url=location.fetch_url,
+                fetch_url_reason=location.fetch_url_reason,
+                moved_to=location.moved_to,
+                moved_count=location.moved_count,
+            )
+        # One UPDATE, no ORM load: a pass over thousands of unchanged feeds is mostly this.
+        with self._writing() as session:
+            session.execute(update(Feed).where(Feed.url == feed_url).values(**values))
 
     def record_gone(self, feed_url: str, *, now: datetime, message: str) -> None:
         """Record 410 Gone: the feed is not polled again until fetched explicitly."""
-        with self._writing(), self._session() as session, session.begin():
+        with self._writing() as session:
             feed = self._feed_row(session, feed_url, now)
             feed.last_fetch_at = feed.gone_at = now
             feed.last_status, feed.error_kind, feed.last_error = 410, "gone", message[:2000]
@@ -332,7 +362,7 @@ class Store:
         next_fetch: datetime,
     ) -> int:
         """Record a failed poll on the feed; return its consecutive failure count."""
-        with self._writing(), self._session() as session, session.begin():
+        with self._writing() as session:
             feed = self._feed_row(session, feed_url, now)
             feed.last_fetch_at = now
             feed.last_status = status
@@ -453,7 +483,7 @@ class Store:
         now: datetime,
     ) -> int:
         """Record a run about to be delivered with its items; reuse a pending run of the same key."""
-        with self._writing(), self._session() as session, session.begin():
+        with self._writing() as session:
             run = session.scalar(select(DigestRun).where(DigestRun.run_key == run_key))
             if run is None:
                 run = DigestRun(
@@ -473,13 +503,13 @@ class Store:
             return run.id
 
     def finish_digest_run(self, run_id: int, now: datetime) -> None:
-        with self._writing(), self._session() as session, session.begin():
+        with self._writing() as session:
             run = session.get(DigestRun, run_id)
             if run is not None:
                 run.status, run.sent_at = "sent", now
 
     def fail_digest_run(self, run_id: int, error: str) -> None:
-        with self._writing(), self._session() as session, session.begin():
+        with self._writing() as session:
             run = session.get(DigestRun, run_id)
             if run is not None:
                 run.status, run.error = "failed", error[:2000]

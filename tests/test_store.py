@@ -7,10 +7,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from aggregator.database import create_db_engine, migrate
+from aggregator.dedup import url_key
 from aggregator.errors import StorageError
 from aggregator.models import NewArticle
 from aggregator.schema import Base
-from aggregator.store import Store
+from aggregator.store import FetchRecord, Seen, Store
 
 from .conftest import free_port
 
@@ -35,17 +36,8 @@ def article(key: str, url: str, text: str = "", feed: str = "https://a.example/f
 
 
 def store_batch(store: Store, feed: str, articles: list[NewArticle]) -> tuple[int, int]:
-    return store.store_refresh(
-        feed,
-        articles,
-        status=200,
-        etag='"e"',
-        last_modified=None,
-        title="Feed",
-        site_url=None,
-        now=NOW,
-        next_fetch=NOW,
-    )
+    record = FetchRecord(200, '"e"', None, "Feed", None, NOW, NOW)
+    return store.store_refresh(feed, articles, record)
 
 
 @pytest.fixture
@@ -71,7 +63,14 @@ def test_articles_are_stored_once_per_entry(store: Store) -> None:
     assert store_batch(
         store, feed, [article("k1", "https://a.example/1"), article("k2", "https://a.example/2")]
     ) == (1, 0)
-    assert store.known_entry_keys(feed, ["k1", "k2", "k3"]) == {"k1", "k2"}
+    seen = store.seen(
+        feed, ["k1", "k2", "k3"], [url_key("https://a.example/2"), url_key("https://b.example/")]
+    )
+    assert seen.entry_keys == {"k1", "k2"}
+    assert seen.feed_links == seen.any_links == {url_key("https://a.example/2")}
+    assert store.seen("https://other.example/feed", ["k1"], [url_key("https://a.example/2")]) == (
+        Seen(set(), set(), {url_key("https://a.example/2")})
+    )
     assert len(store.list_articles()) == 2
 
 

@@ -1,0 +1,143 @@
+"""The part of a refresh that runs in the worker processes: parse a fetched feed, decide which
+entries are new, store them; extract article pages.
+
+The service's own process keeps the network and the schedule; parsing, HTML work and database
+writes, all CPU-bound, run here on every core. Each worker process opens its own connection
+to the database (``init_worker``); with ``workers: 0`` the same functions run in threads of the
+service, given the service's Store.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+
+from aggregator.database import create_db_engine
+from aggregator.models import ExtractedPage, FetchResult
+from aggregator.polling import PollLimits, feed_hints, poll_interval, skip_to_allowed
+from aggregator.prepare import PreparedEntry, build_article, prepare_feed
+from aggregator.store import FeedLocation, FetchRecord, Store
+
+_store: Store | None = None  # this worker process's own connection (see init_worker)
+
+
+def init_worker(database_url: str) -> None:
+    """Open the worker process's database connection (the pool's initializer)."""
+    global _store
+    _store = Store(create_db_engine(database_url))
+
+
+@dataclass(frozen=True)
+class FeedJob:
+    """A fetched feed to parse and store."""
+
+    feed_url: str
+    result: FetchResult
+    now: datetime
+    max_entries: int
+    full_text: bool
+    limits: PollLimits
+    location: FeedLocation
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """The outcome of ``ingest``: stored, or waiting for ``pages`` to be fetched first."""
+
+    entries: int
+    added: int = 0
+    duplicates: int = 0
+    warnings: tuple[str, ...] = ()
+    # When pages must be fetched: the new entries, those whose page is wanted, the record.
+    new: tuple[PreparedEntry, ...] = ()
+    pages: tuple[str, ...] = ()
+    record: FetchRecord | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.record is None
+
+
+def ingest(job: FeedJob, store: Store | None = None) -> Ingested:
+    """Parse the feed; store its new entries now, or say which pages to fetch first.
+
+    Raises FetchError("not_a_feed" | "parse") when the document is no feed.
+    """
+    store = store or _store
+    assert store is not None, "init_worker() was not called"
+    prepared = prepare_feed(job.result, job.max_entries, job.now)
+    parsed = prepared.feed
+    new, known_links = _new_entries(store, job.feed_url, prepared.entries)
+    hints = feed_hints(
+        job.result.cache_control,
+        parsed.ttl,
+        parsed.update_period,
+        parsed.update_frequency,
+        parsed.skip_hours,
+        parsed.skip_days,
+    )
+    dates = [p.entry.published for p in prepared.entries if p.entry.published]
+    interval = poll_interval(job.limits, hints, dates)
+    record = FetchRecord(
+        status=job.result.status,
+        etag=job.result.etag,
+        last_modified=job.result.last_modified,
+        title=parsed.title,
+        site_url=parsed.site_url,
+        now=job.now,
+        next_fetch=skip_to_allowed(job.now + interval, hints.skip_hours, hints.skip_days),
+        poll_interval=interval.total_seconds(),
+        location=job.location,
+        warning="; ".join(parsed.warnings) or None,
+    )
+    # Check duplicates by URL before the costly step: a page stored already is not fetched.
+    pages = tuple(
+        item.key
+        for item in new
+        if job.full_text and item.link_key is not None and item.link_key not in known_links
+    )
+    if pages:
+        return Ingested(
+            len(prepared.entries), warnings=parsed.warnings, new=tuple(new), pages=pages, record=record
+        )
+    articles = [build_article(job.feed_url, item, None, item.entry.url or job.feed_url) for item in new]
+    added, duplicates = store.store_refresh(job.feed_url, articles, record)
+    return Ingested(len(prepared.entries), added, duplicates, parsed.warnings)
+
+
+def finish(
+    feed_url: str,
+    ingested: Ingested,
+    pages: dict[str, tuple[ExtractedPage | None, str]],
+    store: Store | None = None,
+) -> tuple[int, int]:
+    """Store the new entries of ``ingested`` merged with their extracted pages."""
+    store = store or _store
+    assert store is not None and ingested.record is not None
+    articles = []
+    for item in ingested.new:
+        page, final_url = pages.get(item.key, (None, item.entry.url or feed_url))
+        articles.append(build_article(feed_url, item, page, final_url))
+    return store.store_refresh(feed_url, articles, ingested.record)
+
+
+def _new_entries(
+    store: Store, feed_url: str, entries: tuple[PreparedEntry, ...]
+) -> tuple[list[PreparedEntry], set[str]]:
+    """Return the entries not stored yet, and the link keys stored by any feed."""
+    keyed: dict[str, PreparedEntry] = {}
+    for item in entries:
+        keyed.setdefault(item.key, item)
+    links = [item.link_key for item in keyed.values() if item.link_key]
+    seen = store.seen(feed_url, keyed, links)
+    candidates = [item for key, item in keyed.items() if key not in seen.entry_keys]
+    # Feeds that mint new GUIDs on every poll: an entry whose link this feed stored already is
+    # not new. Links shared by several entries of this poll prove nothing and are skipped.
+    link_count = Counter(item.link_key for item in candidates if item.link_key)
+    new = [
+        item
+        for item in candidates
+        if not (item.link_key in seen.feed_links and link_count[item.link_key] == 1)
+    ]
+    return new, seen.any_links
