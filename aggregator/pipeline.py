@@ -20,12 +20,11 @@ from typing import Any, TypeVar
 
 from aggregator.config import FeedConfig, Settings
 from aggregator.errors import FetchError, StorageError
-from aggregator.extractor import extract_page
 from aggregator.fetcher import PAGE_ACCEPT, Fetcher
 from aggregator.models import ExtractedPage, FetchResult, RefreshOutcome
 from aggregator.parser import find_feed_links, looks_like_html
 from aggregator.polling import PollLimits, cache_max_age, poll_interval, retry_after
-from aggregator.store import FeedLocation, FeedState, Store
+from aggregator.store import FeedLocation, FeedState, NotModified, Store
 from aggregator.worker import FeedJob, Ingested, finish, ingest, init_worker
 
 log = logging.getLogger(__name__)
@@ -44,6 +43,7 @@ class Pipeline:
     fetcher: Fetcher
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _executor: Executor | None = field(default=None, init=False)
+    _unchanged: list[NotModified] = field(default_factory=list, init=False)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -61,14 +61,21 @@ class Pipeline:
         states = await asyncio.to_thread(self.store.feed_states, urls)
 
         async def one(feed: FeedConfig) -> RefreshOutcome:
-            outcome = await self.refresh_feed(feed, states.get(feed.url))
+            outcome = await self._refresh_one(feed, states.get(feed.url))
             if on_done is not None:
                 on_done(outcome)
             return outcome
 
-        return list(await asyncio.gather(*(one(feed) for feed in feeds)))
+        try:
+            return list(await asyncio.gather(*(one(feed) for feed in feeds)))
+        finally:
+            await self._record_unchanged()
 
-    async def refresh_feed(self, feed: FeedConfig, state: FeedState | None = None) -> RefreshOutcome:
+    async def _record_unchanged(self) -> None:
+        batch, self._unchanged = self._unchanged, []
+        await asyncio.to_thread(self.store.record_not_modified, batch)
+
+    async def _refresh_one(self, feed: FeedConfig, state: FeedState | None) -> RefreshOutcome:
         """Fetch one feed and store its new articles; failures are recorded on the feed."""
         try:
             if state is None:
@@ -156,6 +163,8 @@ class Pipeline:
         if content_type and "html" not in content_type:
             log.info("page is not HTML url=%s content_type=%s", url, content_type)
             return None, result.final_url
+        from aggregator.extractor import extract_page  # trafilatura: only imported when needed
+
         page = await self._cpu(extract_page, result.body, result.final_url)
         return page, result.final_url
 
@@ -169,13 +178,10 @@ class Pipeline:
         if max_age and limits.per_feed is None:
             interval = min(max(interval, max_age), limits.maximum)
         now = self.clock()
-        await asyncio.to_thread(
-            self.store.record_not_modified,
-            feed.url,
-            now=now,
-            next_fetch=now + interval,
-            location=location,
-        )
+        # Recorded in batches: one transaction per few hundred unchanged feeds, not per feed.
+        self._unchanged.append(NotModified(feed.url, now, now + interval, location))
+        if len(self._unchanged) >= 500:
+            await self._record_unchanged()
         log.info("not modified feed=%s", feed.url)
         return RefreshOutcome(feed.url, ok=True, status=304, not_modified=True)
 

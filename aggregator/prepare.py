@@ -21,7 +21,7 @@ from aggregator.dedup import (
 )
 from aggregator.models import ExtractedPage, FetchResult, NewArticle, ParsedEntry, ParsedFeed
 from aggregator.parser import parse_feed
-from aggregator.sanitize import clean_html, html_to_text, text_to_html
+from aggregator.sanitize import clean_html, clean_html_to_text, html_to_text, text_to_html
 
 # Entry dates further ahead than this are a publisher's mistake: they become "now".
 FUTURE_SLACK = timedelta(days=1)
@@ -56,17 +56,19 @@ def prepare_feed(result: FetchResult, max_entries: int, now: datetime) -> Prepar
     prepared = []
     for entry in entries:
         feed_html = entry.content_html or entry.summary_html
-        text = html_to_text(feed_html)
-        base = entry.url or result.final_url
+        base_url = entry.url or result.final_url
+        html = clean_html(feed_html, base_url)
+        text = clean_html_to_text(html)
         prepared.append(
             PreparedEntry(
                 entry=entry,
                 key=entry_key(entry, repeated),
                 link_key=url_key(entry.url) if entry.url else None,
                 text=text,
-                html=clean_html(feed_html, base) if text else "",
+                html=html if text else "",
                 text_hash=text_hash(text),
-                summary=html_to_text(entry.summary_html) if entry.content_html else text,
+                # Without separate content the summary is the text: not stored twice.
+                summary=html_to_text(entry.summary_html) if entry.content_html else "",
             )
         )
     return PreparedFeed(parsed, tuple(prepared))

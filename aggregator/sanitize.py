@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from html import escape
+from html import unescape as _unescape
 from urllib.parse import urljoin
 
 import lxml.html
@@ -12,6 +13,14 @@ from lxml import etree
 
 _TAGS = {
     "a",
+    "article",
+    "aside",
+    "div",
+    "footer",
+    "header",
+    "main",
+    "section",
+    "span",
     "abbr",
     "b",
     "blockquote",
@@ -89,8 +98,11 @@ _BLOCKS = {
     "dt",
     "dd",
 }
-_SPACES = re.compile(r"[ \t\u00a0]+")
+_SPACES = re.compile(r"[ \t\u00a0\r\f\v]+")
 _BLANK_LINES = re.compile(r"\n\s*\n+")
+_LINE_EDGES = re.compile(r" ?\n ?")
+_BLOCK_TAG = re.compile(r"</?(?:" + "|".join(sorted(_BLOCKS)) + r")\b[^>]*>", re.IGNORECASE)
+_ANY_TAG = re.compile(r"<[^>]*>")
 
 
 def clean_html(html: str, base_url: str | None = None) -> str:
@@ -171,9 +183,24 @@ def html_to_text(html: str) -> str:
             parts.append(element.tail)
 
     walk(root)
-    text = "".join(parts)
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+    text = _SPACES.sub(" ", "".join(parts))
+    text = _LINE_EDGES.sub("\n", text)
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def clean_html_to_text(cleaned: str) -> str:
+    """Return the text of HTML that clean_html() produced, faster than html_to_text().
+
+    Only for clean_html's output: well-formed, without comments, scripts or styles, so that
+    a tag is always a tag and regular expressions can take it apart.
+    """
+    if not cleaned:
+        return ""
+    text = _BLOCK_TAG.sub("\n\n", cleaned)
+    text = _unescape(_ANY_TAG.sub("", text))
+    text = _SPACES.sub(" ", text)
+    text = _LINE_EDGES.sub("\n", text)
+    return _BLANK_LINES.sub("\n\n", text).strip()
 
 
 def text_to_html(text: str) -> str:

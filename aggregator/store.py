@@ -6,13 +6,15 @@ feed's fetch record, and a digest run is recorded with its items before the emai
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, exists, func, insert, select, text, update
+from sqlalchemy import Engine, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,6 +56,16 @@ class FetchRecord:
     warning: str | None = None
 
 
+@dataclass(frozen=True)
+class NotModified:
+    """A poll answered 304 Not Modified."""
+
+    feed_url: str
+    now: datetime
+    next_fetch: datetime
+    location: FeedLocation | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Seen:
     """What the database knows of a poll's entries (see Store.seen)."""
@@ -72,9 +84,13 @@ class FeedLocation:
     moved_to: str | None
     moved_count: int
 
-    def apply(self, feed: Feed) -> None:
-        feed.fetch_url, feed.fetch_url_reason = self.fetch_url, self.fetch_url_reason
-        feed.moved_to, feed.moved_count = self.moved_to, self.moved_count
+    def values(self) -> dict[str, object]:
+        return {
+            "fetch_url": self.fetch_url,
+            "fetch_url_reason": self.fetch_url_reason,
+            "moved_to": self.moved_to,
+            "moved_count": self.moved_count,
+        }
 
 
 class Store:
@@ -84,6 +100,11 @@ class Store:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        on_disk = database not in (None, "", ":memory:")
+        self._lock_path = f"{database}.write-lock" if on_disk else None
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
         self._write_sessions = sessionmaker(
             engine.execution_options(sqlite_immediate=True), expire_on_commit=False
         )
@@ -97,6 +118,9 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._lock_fd is not None and self._lock_pid == os.getpid():
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def ping(self) -> None:
         """Raise StorageError unless the database answers."""
@@ -168,28 +192,33 @@ class Store:
         return min(t for t in times if t is not None)
 
     def seen(self, feed_url: str, entry_keys: Iterable[str], link_keys: Iterable[str]) -> Seen:
-        """Return which entries and links are stored already, in one round trip."""
+        """Return which entries and links are stored already, in two queries."""
         entry_keys, link_keys = list(dict.fromkeys(entry_keys)), list(dict.fromkeys(link_keys))
         known_entries: set[str] = set()
         feed_links: set[str] = set()
         any_links: set[str] = set()
         with self._session() as session:
-            feed_id = session.scalar(select(Feed.id).where(Feed.url == feed_url))
             for chunk in _chunks(entry_keys):
                 known_entries.update(
                     session.scalars(
-                        select(Article.entry_key).where(
-                            Article.feed_id == feed_id, Article.entry_key.in_(chunk)
-                        )
+                        select(Article.entry_key)
+                        .join(Feed, Feed.id == Article.feed_id)
+                        .where(Feed.url == feed_url, Article.entry_key.in_(chunk))
                     )
                 )
             for chunk in _chunks(link_keys):
-                for column in (Article.url_key, Article.link_key):
-                    rows = session.execute(select(column, Article.feed_id).where(column.in_(chunk)))
-                    for key, owner in rows:
-                        any_links.add(key)
-                        if owner == feed_id:
-                            feed_links.add(key)
+                wanted = set(chunk)
+                rows = session.execute(
+                    select(Article.url_key, Article.link_key, Feed.url)
+                    .join(Feed, Feed.id == Article.feed_id)
+                    .where(or_(Article.url_key.in_(chunk), Article.link_key.in_(chunk)))
+                )
+                for page_key, link_key, owner in rows:
+                    for key in (page_key, link_key):
+                        if key in wanted:
+                            any_links.add(key)
+                            if owner == feed_url:
+                                feed_links.add(key)
         return Seen(known_entries, feed_links, any_links)
 
     def store_refresh(
@@ -202,66 +231,84 @@ class Store:
 
         Returns (articles added, of which duplicates of an article already stored).
         """
-        now = record.now
+        values: dict[str, object] = {
+            "etag": record.etag,
+            "last_modified": record.last_modified,
+            "title": func.coalesce(record.title or None, Feed.title),
+            "site_url": func.coalesce(record.site_url, Feed.site_url),
+            "last_fetch_at": record.now,
+            "last_success_at": record.now,
+            "last_status": record.status,
+            "last_error": None,
+            "error_kind": None,
+            "consecutive_failures": 0,
+            "next_fetch_at": record.next_fetch,
+            "gone_at": None,
+            "poll_interval": record.poll_interval,
+            "last_warning": record.warning[:2000] if record.warning else None,
+        }
+        if record.location is not None:
+            values.update(record.location.values())
         with self._writing() as session:
-            feed = self._feed_row(session, feed_url, now)
-            feed.etag, feed.last_modified = record.etag, record.last_modified
-            feed.title = record.title or feed.title
-            feed.site_url = record.site_url or feed.site_url
-            feed.last_fetch_at = feed.last_success_at = now
-            feed.last_status, feed.last_error, feed.error_kind = record.status, None, None
-            feed.consecutive_failures = 0
-            feed.next_fetch_at = record.next_fetch
-            feed.gone_at = None
-            feed.poll_interval = record.poll_interval
-            feed.last_warning = record.warning[:2000] if record.warning else None
-            if record.location is not None:
-                record.location.apply(feed)
-            present: set[str] = set()
-            for chunk in _chunks([a.entry_key for a in articles]):
-                present.update(
-                    session.scalars(
-                        select(Article.entry_key).where(
-                            Article.feed_id == feed.id, Article.entry_key.in_(chunk)
-                        )
-                    )
-                )
-            fresh: list[NewArticle] = []
-            for article in articles:
-                if article.entry_key not in present:
-                    present.add(article.entry_key)
-                    fresh.append(article)
-            return self._insert_articles(session, feed.id, fresh, now)
+            feed_id = session.scalar(
+                update(Feed).where(Feed.url == feed_url).values(**values).returning(Feed.id)
+            )
+            if feed_id is None:  # not created by ensure_feeds: make the row, then update it
+                feed_id = self._feed_row(session, feed_url, record.now).id
+                session.execute(update(Feed).where(Feed.id == feed_id).values(**values))
+            return self._insert_articles(session, feed_id, articles, record.now)
 
     def _insert_articles(
-        self, session: Session, feed_id: int, articles: list[NewArticle], now: datetime
+        self, session: Session, feed_id: int, articles: Sequence[NewArticle], now: datetime
     ) -> tuple[int, int]:
-        """Insert ``articles``, each pointing at the earliest stored copy of its story if any."""
+        """Insert the articles this feed lacks, each pointing at the earliest stored copy of
+        its story if any; return (added, of which duplicates)."""
         if not articles:
             return 0, 0
         keys = {_url_key(a) for a in articles}
         hashes = {a.content_hash for a in articles if a.content_hash}
+        entry_keys = {a.entry_key for a in articles}
         by_url: dict[str, int] = {}
         by_hash: dict[str, int] = {}
-        for column, values, found in (
-            (Article.url_key, keys, by_url),
-            (Article.content_hash, hashes, by_hash),
-        ):
-            for chunk in _chunks(sorted(values)):
-                rows = session.execute(
-                    select(Article.id, Article.duplicate_of, column)
-                    .where(column.in_(chunk))
-                    .order_by(Article.id)
-                )
-                for article_id, duplicate_of, value in rows:
-                    found.setdefault(value, duplicate_of or article_id)
+        present: set[str] = set()
+        # One query finds the entries this feed has and the earliest copy of each story.
+        lookups = [
+            Article.url_key.in_(sorted(keys)),
+            Article.entry_key.in_(sorted(entry_keys)) & (Article.feed_id == feed_id),
+        ]
+        if hashes:
+            lookups.append(Article.content_hash.in_(sorted(hashes)))
+        rows = session.execute(
+            select(
+                Article.id,
+                Article.duplicate_of,
+                Article.url_key,
+                Article.content_hash,
+                Article.entry_key,
+                Article.feed_id,
+            )
+            .where(or_(*lookups))
+            .order_by(Article.id)
+        )
+        for article_id, duplicate_of, key, digest, entry, owner in rows:
+            root = duplicate_of or article_id
+            if key in keys:
+                by_url.setdefault(key, root)
+            if digest in hashes:
+                by_hash.setdefault(digest, root)
+            if owner == feed_id and entry in entry_keys:
+                present.add(entry)
         # Copies within this batch point at the first of them, known once it has an id.
         first_by_url: dict[str, int] = {}
         first_by_hash: dict[str, int] = {}
         twins: dict[int, int] = {}  # position in batch -> position of its first copy
         values: list[dict[str, object]] = []
         duplicates = 0
-        for position, article in enumerate(articles):
+        for article in articles:
+            if article.entry_key in present:
+                continue
+            present.add(article.entry_key)
+            position = len(values)
             key = _url_key(article)
             digest = article.content_hash
             representative = by_url.get(key) or (by_hash.get(digest) if digest else None)
@@ -295,7 +342,12 @@ class Store:
                     "duplicate_of": representative,
                 }
             )
-        # Core executemany: the ORM's unit of work costs more than the insert itself here.
+        if not values:
+            return 0, 0
+        if not twins:
+            # Core executemany: the ORM's unit of work costs more than the insert itself here.
+            session.execute(insert(Article), values)
+            return len(values), duplicates
         ids = session.scalars(
             insert(Article).returning(Article.id, sort_by_parameter_order=True), values
         ).all()
@@ -307,41 +359,52 @@ class Store:
     def _writing(self) -> Iterator[Session]:
         """A session in a write transaction.
 
-        On SQLite the transaction starts IMMEDIATE (taking the write lock at once, so it never
-        fails halfway on a lock another process took), and threads of this process take turns
-        on a lock instead of spinning in SQLite's busy handler.
+        On SQLite (one writer at a time) the transaction starts IMMEDIATE, taking the write lock
+        at once so that it never fails halfway on a lock another process took; and writers,
+        threads of this process and the worker processes alike, queue on locks that wake the
+        next one as soon as the lock is free, instead of sleeping in SQLite's busy handler.
         """
-        with self._write_lock or nullcontext(), self._write_sessions() as session, session.begin():
+        with (
+            self._write_lock or nullcontext(),
+            self._file_lock(),
+            self._write_sessions() as session,
+            session.begin(),
+        ):
             yield session
 
-    def record_not_modified(
-        self,
-        feed_url: str,
-        *,
-        now: datetime,
-        next_fetch: datetime,
-        location: FeedLocation | None = None,
-    ) -> None:
-        values: dict[str, object] = {
-            "last_fetch_at": now,
-            "last_success_at": now,
-            "last_status": 304,
-            "last_error": None,
-            "error_kind": None,
-            "consecutive_failures": 0,
-            "next_fetch_at": next_fetch,
-            "gone_at": None,
-        }
-        if location is not None:
-            values.update(
-                fetch_url=location.fetch_url,
-                fetch_url_reason=location.fetch_url_reason,
-                moved_to=location.moved_to,
-                moved_count=location.moved_count,
-            )
-        # One UPDATE, no ORM load: a pass over thousands of unchanged feeds is mostly this.
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+            return
+        if self._lock_fd is None or self._lock_pid != os.getpid():
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_pid = os.getpid()
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def record_not_modified(self, records: Sequence[NotModified]) -> None:
+        """Record polls answered 304, many in one transaction (a pass is mostly these)."""
+        if not records:
+            return
         with self._writing() as session:
-            session.execute(update(Feed).where(Feed.url == feed_url).values(**values))
+            for record in records:
+                values: dict[str, object] = {
+                    "last_fetch_at": record.now,
+                    "last_success_at": record.now,
+                    "last_status": 304,
+                    "last_error": None,
+                    "error_kind": None,
+                    "consecutive_failures": 0,
+                    "next_fetch_at": record.next_fetch,
+                    "gone_at": None,
+                }
+                if record.location is not None:
+                    values.update(record.location.values())
+                session.execute(update(Feed).where(Feed.url == record.feed_url).values(**values))
 
     def record_gone(self, feed_url: str, *, now: datetime, message: str) -> None:
         """Record 410 Gone: the feed is not polled again until fetched explicitly."""

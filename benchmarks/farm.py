@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 ITEMS_PER_FEED = 20
 WORDS = [
@@ -188,11 +189,16 @@ class Farm:
         return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def serve(sock: socket.socket, feeds: int, latency_ms: float) -> None:
+def serve(sock: socket.socket, feeds: int, latency_ms: float, ready: Any = None) -> None:
     """Serve the farm on an already bound socket until SIGTERM."""
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     host, port = sock.getsockname()[:2]
     farm = Farm(feeds, latency_ms / 1000, f"http://{host}:{port}")
+    # Every body is made before serving, so that no client pays for the farm's own work.
+    for index in range(feeds):
+        farm.body(index, True)
+    if ready is not None:
+        ready.set()
 
     async def main() -> None:
         server = await asyncio.start_server(farm.handle, sock=sock, backlog=4096, limit=65536)
@@ -210,11 +216,14 @@ def start_farm(feeds: int, latency_ms: float = 0) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(4096)
     port = sock.getsockname()[1]
-    process = multiprocessing.get_context("fork").Process(
-        target=serve, args=(sock, feeds, latency_ms), daemon=True
-    )
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    process = context.Process(target=serve, args=(sock, feeds, latency_ms, ready), daemon=True)
     process.start()
     sock.close()
+    if not ready.wait(timeout=600):
+        process.terminate()
+        raise RuntimeError("the feed farm did not start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

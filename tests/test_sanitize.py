@@ -25,3 +25,17 @@ def test_html_to_text_keeps_paragraphs() -> None:
 
 def test_text_to_html_escapes() -> None:
     assert text_to_html("a < b\n\nc") == "<p>a &lt; b</p><p>c</p>"
+
+
+def test_clean_html_to_text_agrees_with_html_to_text() -> None:
+    from aggregator.sanitize import clean_html_to_text
+
+    samples = [
+        "<p>One <b>two</b></p><p>Three &amp; four</p><ul><li>a</li><li>b</li></ul>",
+        "<div>x<div>y</div></div> tail &lt;tag&gt;<script>hidden()</script>",
+        "Plain text, no markup at all",
+        "<h2>Head</h2>line one<br>line two<table><tr><td>c1</td><td>c2</td></tr></table>",
+        "<p>a\u00a0b</p>\n\n\n<p>  spaced   out  </p>",
+    ]
+    for html in samples:
+        assert clean_html_to_text(clean_html(html)) == html_to_text(html), html

@@ -47,6 +47,17 @@ def store(database_url: str) -> Store:
     opened.close()
 
 
+def test_head_revision_constant_is_alembics_head() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from aggregator.database import HEAD_REVISION, MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == HEAD_REVISION
+
+
 def test_migrations_match_the_models(database_url: str) -> None:
     engine = create_db_engine(database_url)
     migrate(engine)
