@@ -145,9 +145,14 @@ class FetchSettings(_Section):
 
 
 class ExtractSettings(_Section):
-    """Full-text extraction of article pages."""
+    """Full-text extraction of article pages, and the worker processes that do it."""
 
     enabled: bool = True
+    # Processes for the CPU-bound work: extraction, and parsing and storing feeds.
+    # None: one per core; 0: none (threads of the service process do it).
+    workers: int | None = Field(None, ge=0, le=64)
+    # A page whose extraction takes longer is abandoned; the feed's own text is used.
+    timeout: Duration = timedelta(seconds=30)
 
 
 def _check_address(value: str) -> str:
@@ -248,6 +253,21 @@ class FeedConfig(_Section):
     tags: StrList = Field(default_factory=list)
     interval: Duration | None = None
     full_text: bool | None = None
+    # A CSS selector naming the article body on this site, for pages the extractor gets wrong.
+    selector: str | None = None
+
+    @field_validator("selector")
+    @classmethod
+    def _css(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from lxml.cssselect import CSSSelector, SelectorError
+
+        try:
+            CSSSelector(value)
+        except (SelectorError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not a CSS selector: {exc}") from None
+        return value
 
     @field_validator("url")
     @classmethod
@@ -284,8 +304,6 @@ class Settings(_Section):
     database_url: str = "sqlite:///data/aggregator.db"
     feeds_file: Path = Path("feeds.yaml")
     outbox_dir: Path = Path("data/outbox")
-    # Processes for CPU-bound work (feed parsing, extraction): None: one per core; 0: none.
-    workers: int | None = Field(None, ge=0, le=64)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     extract: ExtractSettings = Field(default_factory=ExtractSettings)
     digest: DigestSettings = Field(default_factory=lambda: DigestSettings())

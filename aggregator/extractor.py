@@ -6,6 +6,7 @@ import logging
 import warnings
 from datetime import UTC, datetime
 
+import lxml.html
 from lxml import etree
 
 from aggregator.models import ExtractedPage
@@ -20,10 +21,20 @@ with warnings.catch_warnings():
 log = logging.getLogger(__name__)
 
 
-def extract_page(html: str | bytes, url: str | None = None) -> ExtractedPage | None:
-    """Return the article found in ``html``, or None when there is no article text."""
+def extract_page(
+    html: str | bytes, url: str | None = None, *, selector: str | None = None
+) -> ExtractedPage | None:
+    """Return the article found in ``html``, or None when there is no article text.
+
+    ``selector``, a CSS selector, names the article body on sites the generic extractor gets
+    wrong: only that element (and the page's <head>, for the metadata) is extracted from.
+    """
     if not html:
         return None
+    if selector:
+        html = _select(html, selector)
+        if not html:
+            return None
     try:
         document = trafilatura.bare_extraction(
             html,
@@ -55,6 +66,25 @@ def extract_page(html: str | bytes, url: str | None = None) -> ExtractedPage | N
         site_name=document.sitename or None,
         image=document.image or None,
     )
+
+
+def _select(html: str | bytes, selector: str) -> str | None:
+    """Return a page holding only <head> and the first element ``selector`` matches."""
+    from lxml.cssselect import CSSSelector, SelectorError
+
+    try:
+        root = lxml.html.document_fromstring(html)
+        matches = CSSSelector(selector)(root)
+    except (etree.LxmlError, SelectorError, ValueError) as exc:
+        log.info("selector not applied selector=%s error=%s", selector, exc)
+        return None
+    if not matches:
+        log.info("selector matched nothing selector=%s", selector)
+        return None
+    head = root.find("head")
+    head_html = etree.tostring(head, encoding="unicode", method="html") if head is not None else ""
+    body = etree.tostring(matches[0], encoding="unicode", method="html", with_tail=False)
+    return f"<html>{head_html}<body>{body}</body></html>"
 
 
 def _without_headline(text: str, title: str | None) -> str:

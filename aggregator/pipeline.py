@@ -25,7 +25,7 @@ from aggregator.models import ExtractedPage, FetchResult, RefreshOutcome
 from aggregator.parser import find_feed_links, looks_like_html
 from aggregator.polling import PollLimits, cache_max_age, poll_interval, retry_after
 from aggregator.store import FeedLocation, FeedState, NotModified, Store
-from aggregator.worker import FeedJob, Ingested, finish, ingest, init_worker
+from aggregator.worker import FeedJob, Ingested, extract, finish, ingest, init_worker
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,13 @@ class Pipeline:
         wanted = set(ingested.pages)
         items = [item for item in ingested.new if item.key in wanted]
         fetched = await asyncio.gather(
-            *(self._fetch_and_extract(item.entry.url or feed.url) for item in items)
+            *(self._fetch_and_extract(item.entry.url or feed.url, feed.selector) for item in items)
         )
         return {item.key: page for item, page in zip(items, fetched, strict=True)}
 
-    async def _fetch_and_extract(self, url: str) -> tuple[ExtractedPage | None, str]:
+    async def _fetch_and_extract(
+        self, url: str, selector: str | None = None
+    ) -> tuple[ExtractedPage | None, str]:
         try:
             result = await self.fetcher.fetch(url, accept=PAGE_ACCEPT)
         except FetchError as exc:
@@ -163,9 +165,18 @@ class Pipeline:
         if content_type and "html" not in content_type:
             log.info("page is not HTML url=%s content_type=%s", url, content_type)
             return None, result.final_url
-        from aggregator.extractor import extract_page  # trafilatura: only imported when needed
-
-        page = await self._cpu(extract_page, result.body, result.final_url)
+        limit = self.settings.extract.timeout.total_seconds()
+        try:
+            # The worker gives up at the limit itself; this wait is the backstop for a worker
+            # stuck in C code that the alarm cannot interrupt.
+            page = await asyncio.wait_for(
+                self._cpu(extract, result.body, result.final_url, selector, limit), limit * 2 + 5
+            )
+        except TimeoutError:
+            log.warning("extraction timed out url=%s limit=%ss", url, limit)
+            return None, result.final_url
+        if page is None:
+            log.info("no article text extracted url=%s", url)
         return page, result.final_url
 
     async def _not_modified(
@@ -199,7 +210,7 @@ class Pipeline:
         return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     def _pool(self) -> Executor | None:
-        workers = self.settings.workers
+        workers = self.settings.extract.workers
         if workers == 0:
             return None
         if self._executor is None:

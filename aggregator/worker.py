@@ -3,12 +3,14 @@ entries are new, store them; extract article pages.
 
 The service's own process keeps the network and the schedule; parsing, HTML work and database
 writes, all CPU-bound, run here on every core. Each worker process opens its own connection
-to the database (``init_worker``); with ``workers: 0`` the same functions run in threads of the
+to the database (``init_worker``); with ``extract.workers: 0`` the same functions run in threads of the
 service, given the service's Store.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,6 +122,35 @@ def finish(
         page, final_url = pages.get(item.key, (None, item.entry.url or feed_url))
         articles.append(build_article(feed_url, item, page, final_url))
     return store.store_refresh(feed_url, articles, ingested.record)
+
+
+class _ExtractionTimeout(BaseException):
+    """Raised by SIGALRM inside a stuck extraction; BaseException so no broad except eats it."""
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    raise _ExtractionTimeout
+
+
+def extract(body: bytes, url: str, selector: str | None, limit: float) -> ExtractedPage | None:
+    """Extract a page, giving up after ``limit`` seconds (the worker then takes the next job).
+
+    The limit is enforced with SIGALRM in a worker process's main thread; in a thread
+    (``extract.workers: 0``) the caller's own timeout is the only limit.
+    """
+    from aggregator.extractor import extract_page  # trafilatura: imported where it is used
+
+    if threading.current_thread() is not threading.main_thread():
+        return extract_page(body, url, selector=selector)
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        return extract_page(body, url, selector=selector)
+    except _ExtractionTimeout:
+        return None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _new_entries(

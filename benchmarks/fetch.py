@@ -9,6 +9,7 @@ same run, the peers that are installed: the bare httpx + feedparser loop, newsbo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -42,10 +43,18 @@ def ours(base: str, feeds: int, folder: Path) -> dict[str, Any]:
     return {
         "full_s": full.seconds,
         "conditional_s": conditional.seconds,
+        "full_pass_s": _pass_seconds(full.stdout),
+        "conditional_pass_s": _pass_seconds(conditional.stdout),
         "full_rss_mb": full.peak_rss_mb,
         "conditional_rss_mb": conditional.peak_rss_mb,
         "summary": full.stdout.strip().splitlines()[-1] if full.stdout.strip() else "",
     }
+
+
+def _pass_seconds(stdout: str) -> float | None:
+    """The pass itself, from `aggregator fetch`'s summary line (no interpreter start-up)."""
+    match = re.search(r"fetched [\d,]+ feeds in ([\d.]+)s", stdout)
+    return float(match.group(1)) if match else None
 
 
 def bare(base: str, feeds: int) -> dict[str, Any]:
@@ -102,7 +111,11 @@ def rss2email(base: str, feeds: int, folder: Path) -> dict[str, Any] | None:
 
 
 def run(
-    sizes: list[int], latencies: list[int], peers: bool = True, rss2email_max: int = 1000
+    sizes: list[int],
+    latencies: list[int],
+    peers: bool = True,
+    rss2email_max: int = 1000,
+    newsboat_max: int = 1000,
 ) -> list[dict[str, Any]]:
     """Return one row per (feeds, latency) with our figures and the peers'."""
     rows = []
@@ -114,11 +127,46 @@ def run(
                     row["ours"] = ours(base, feeds, Path(tmp))
                 if peers:
                     row["bare"] = bare(base, feeds)
-                    with tempfile.TemporaryDirectory() as tmp:
-                        row["newsboat"] = newsboat(base, feeds, Path(tmp))
+                    if feeds <= newsboat_max:
+                        with tempfile.TemporaryDirectory() as tmp:
+                            row["newsboat"] = newsboat(base, feeds, Path(tmp))
                     if feeds <= rss2email_max:
                         with tempfile.TemporaryDirectory() as tmp:
                             row["rss2email"] = rss2email(base, feeds, Path(tmp))
             print(json.dumps(row), file=sys.stderr)
             rows.append(row)
     return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Return the fetch results as a Markdown table, with ratios against the peers."""
+
+    def seconds(value: float | None) -> str:
+        return "–" if value is None else f"{value:.1f}"
+
+    def ratio(ours_s: float, peer: dict[str, Any] | None, key: str) -> str:
+        if not peer:
+            return "–"
+        return f"{ours_s / peer[key]:.2f}"
+
+    lines = [
+        "| feeds | latency | pass | ours: command (s) | ours: in-pass (s) | ours: peak RSS (MB) "
+        "| bare loop (s) | newsboat (s) | rss2email (s) | ours / bare | ours / newsboat |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        ours_row = row["ours"]
+        for kind in ("full", "conditional"):
+            ours_s = ours_row[f"{kind}_s"]
+            in_pass = ours_row.get(f"{kind}_pass_s")
+            bare_row, newsboat_row, r2e_row = row.get("bare"), row.get("newsboat"), row.get("rss2email")
+            lines.append(
+                f"| {row['feeds']:,} | {row['latency_ms']} ms | {kind} | {seconds(ours_s)} "
+                f"| {seconds(in_pass)} | {ours_row[f'{kind}_rss_mb']:.0f} "
+                f"| {seconds(bare_row[f'{kind}_s']) if bare_row else '–'} "
+                f"| {seconds(newsboat_row[f'{kind}_s']) if newsboat_row else '–'} "
+                f"| {seconds(r2e_row[f'{kind}_s']) if r2e_row else '–'} "
+                f"| {ratio(in_pass or ours_s, bare_row, f'{kind}_s')} "
+                f"| {ratio(ours_s, newsboat_row, f'{kind}_s')} |"
+            )
+    return "\n".join(lines) + "\n"

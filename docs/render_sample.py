@@ -81,7 +81,7 @@ def main_render() -> int:
             config = {
                 "database_url": f"sqlite:///{folder / 'sample.db'}",
                 "fetch": {"allow_private_networks": True},
-                "workers": 0,
+                "extract": {"workers": 0},
                 "digest": {"send_at": "07:00", "timezone": "Europe/London"},
             }
             (folder / "aggregator.yaml").write_text(yaml.safe_dump(config))

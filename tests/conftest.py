@@ -176,7 +176,7 @@ def write_config(tmp_path: Path) -> ConfigWriter:
             "database_url": f"sqlite:///{tmp_path / 'aggregator.db'}",
             "outbox_dir": str(tmp_path / "outbox"),
             "fetch": {"allow_private_networks": True, "timeout": "10s"},
-            "workers": 0,
+            "extract": {"workers": 0},
             "digest": {"to": ["reader@example.com"], "from": "Aggregator <digest@example.com>"},
         }
         for key, value in settings.items():

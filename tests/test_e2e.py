@@ -66,7 +66,7 @@ def test_fetch_then_send_delivers_a_two_part_digest(
         ],
         database_url=database_url,
         smtp={"host": smtp_server.host, "port": smtp_server.port, "starttls": False},
-        workers=None,  # the real process pool
+        extract={"workers": None},  # the real process pool
     )
 
     assert main(["fetch", "--config", str(config)]) == 0

@@ -192,3 +192,21 @@ def test_dns_failure_and_refused_connection() -> None:
     with pytest.raises(FetchError) as caught:
         fetch(LOOPBACK_OK, f"http://127.0.0.1:{free_port()}/feed")
     assert caught.value.kind == "connect"
+
+
+def test_tls_failure_is_classified(httpserver: HTTPServer) -> None:
+    # An https URL on a plain-HTTP server: the TLS handshake fails.
+    httpserver.expect_request("/feed").respond_with_data("plain")
+    url = httpserver.url_for("/feed").replace("http://", "https://")
+    with pytest.raises(FetchError) as caught:
+        fetch(LOOPBACK_OK, url)
+    assert caught.value.kind == "tls"
+
+
+def test_failed_fetch_errors_survive_pickling() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(FetchError("http", "HTTP 429", 429, "120")))
+    assert (error.kind, str(error), error.status, error.retry_after) == ("http", "HTTP 429", 429, "120")
+    blocked = pickle.loads(pickle.dumps(BlockedAddressError("no")))
+    assert isinstance(blocked, BlockedAddressError) and blocked.kind == "blocked"

@@ -1,0 +1,54 @@
+"""Run the benchmarks and rewrite their tables in docs/PERFORMANCE.md.
+
+    python -m benchmarks run            # the full suite (several minutes)
+    python -m benchmarks run --quick    # tiny sizes, to check that the suite still works
+
+Each benchmark owns a block of docs/PERFORMANCE.md between `<!-- NAME:begin -->` and
+`<!-- NAME:end -->`; the text around the blocks is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmarks import fetch
+from benchmarks.report import machine_summary, replace_block
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the benchmarks and update the report")
+    run.add_argument("--quick", action="store_true", help="tiny sizes; checks the suite runs")
+    run.add_argument("--no-peers", action="store_true", help="skip the peer programs")
+    run.add_argument(
+        "--output",
+        type=Path,
+        default=ROOT / "docs" / "PERFORMANCE.md",
+        help="the report to update (default: docs/PERFORMANCE.md)",
+    )
+    args = parser.parse_args(argv)
+    command = "python -m benchmarks run" + (" --quick" if args.quick else "")
+    if args.quick:
+        rows = fetch.run([50], [0], peers=not args.no_peers, rss2email_max=50)
+    else:
+        rows = fetch.run([1000], [0, 50], peers=not args.no_peers)
+        # At 10,000 feeds rss2email and newsboat take many minutes: the bare loop only.
+        rows += fetch.run([10_000], [50], peers=not args.no_peers, rss2email_max=0, newsboat_max=0)
+    report = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+    report = replace_block(report, "machine", machine_summary(command))
+    report = replace_block(report, "fetch", fetch.table(rows))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report, encoding="utf-8")
+    print(f"updated {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
