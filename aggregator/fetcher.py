@@ -148,7 +148,9 @@ class Fetcher:
         ssl_context: ssl.SSLContext,
         backend: httpcore.AsyncNetworkBackend,
     ) -> httpx.AsyncClient:
-        transport = httpx.AsyncHTTPTransport(trust_env=False)
+        # verify=ssl_context: otherwise each transport loads the CA bundle again, only to be
+        # replaced by our pool below.
+        transport = httpx.AsyncHTTPTransport(verify=ssl_context, trust_env=False)
         # httpx has no public hook for the network backend; the pool is rebuilt with ours.
         transport._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
