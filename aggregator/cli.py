@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     extract.add_argument("sources", nargs="+", metavar="PATH_OR_URL")
     extract.add_argument("--json", action="store_true", help="one JSON object per input")
+    extract.add_argument(
+        "--selector",
+        metavar="CSS",
+        help="extract only from the element this CSS selector names (as feeds.yaml's per-feed selector does)",
+    )
+    extract.add_argument(
+        "--html", action="store_true", help="also print the sanitised HTML that would be stored"
+    )
 
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
 
@@ -375,7 +383,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 body = Path(source).read_bytes()
             except OSError as exc:
                 error = f"cannot read: {exc.strerror or exc}"
-        page = extract_page(body, page_url) if error is None else None
+        page = extract_page(body, page_url, selector=args.selector) if error is None else None
         if error is None and page is None:
             error = "no article text found"
         failures += error is not None
@@ -388,8 +396,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
             "site_name": page.site_name if page else None,
             "language": page.language if page else None,
             "text": page.text if page else "",
+            "image": page.image if page else None,
             "error": error,
         }
+        if args.html:
+            record["html"] = page.html if page else ""
         if args.json:
             _json_line(record)
         else:
@@ -402,6 +413,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print()
             print(record["text"])
             print()
+            if args.html:
+                print(record["html"])
+                print()
     return 1 if failures else 0
 
 

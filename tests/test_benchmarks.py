@@ -14,7 +14,10 @@ def test_quick_benchmark_run_writes_a_report(tmp_path: Path) -> None:
     report.write_text("# Notes kept\n\n<!-- fetch:begin -->\nold\n<!-- fetch:end -->\n")
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "run", "--quick", "--no-peers", "--output", str(report)],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     text = report.read_text()

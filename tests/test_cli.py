@@ -243,3 +243,18 @@ def test_progress_bar_only_on_a_terminal() -> None:
     pipe = io.StringIO()
     Progress(2, pipe).close()
     assert pipe.getvalue() == ""
+
+
+def test_extract_with_selector_and_html(
+    write_config: ConfigWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = tmp_path / "page.html"
+    local.write_text((Path(__file__).parent / "data/pages/gazette-haftar.html").read_text())
+    config = write_config()
+    args = ["extract", "--json", "--html", "--config", str(config), str(local)]
+    assert main([*args, "--selector", ".entry-content"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["text"].startswith("A meeting between General Khalifa Haftar")
+    assert record["html"].startswith("<p>A meeting") and "<script" not in record["html"]
+    assert main([*args, "--selector", ".author-bio"]) == 0
+    assert "A meeting" not in json.loads(capsys.readouterr().out)["text"]

@@ -1,0 +1,150 @@
+"""Extraction in the worker processes: per-feed selector, time limit, hostile pages."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from aggregator.config import Settings, load_settings
+from aggregator.errors import ConfigError
+from aggregator.fetcher import Fetcher
+from aggregator.models import RefreshOutcome, StoredArticle
+from aggregator.pipeline import Pipeline
+from aggregator.store import Store
+
+from .conftest import ConfigWriter, base_url, fixture_text
+
+RSS = (
+    '<?xml version="1.0"?><rss version="2.0"><channel><title>T</title><link>{base}/</link>'
+    "{items}</channel></rss>"
+)
+ITEM = (
+    "<item><title>{title}</title><link>{base}{path}</link><guid>{path}</guid>"
+    "<description>The feed's own words about {title}.</description></item>"
+)
+
+
+def refresh(settings: Settings) -> list[RefreshOutcome]:
+    store = Store.open(settings.database_url)
+
+    async def go() -> list[RefreshOutcome]:
+        async with Fetcher(settings.fetch) as fetcher:
+            pipeline = Pipeline(settings, store, fetcher)
+            try:
+                return await pipeline.refresh_all(settings.feeds)
+            finally:
+                pipeline.close()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        store.close()
+
+
+def stored(settings: Settings) -> dict[str, StoredArticle]:
+    store = Store.open(settings.database_url)
+    try:
+        return {a.title: a for a in store.list_articles()}
+    finally:
+        store.close()
+
+
+def serve_pages(httpserver: HTTPServer, pages: dict[str, tuple[bytes | str, str]]) -> str:
+    base = base_url(httpserver)
+    items = "".join(
+        ITEM.format(title=title, base=base, path=path)
+        for path, (_, _) in pages.items()
+        for title in [path.strip("/")]
+    )
+    for path, (body, content_type) in pages.items():
+        httpserver.expect_request(path).respond_with_data(body, content_type=content_type)
+    httpserver.expect_request("/feed").respond_with_data(
+        RSS.format(base=base, items=items), content_type="application/rss+xml"
+    )
+    return httpserver.url_for("/feed")
+
+
+@pytest.mark.parametrize(
+    ("selector", "has_story", "extraction"),
+    [
+        (None, True, "page"),
+        (".entry-content", True, "page"),
+        # The author's bio only: a selector naming the wrong part proves it is applied.
+        (".author-bio", False, "page"),
+        # Nothing matches: the feed's own text.
+        ("#no-such-element", False, "feed"),
+    ],
+)
+def test_selector_names_the_article_body(
+    httpserver: HTTPServer,
+    write_config: ConfigWriter,
+    selector: str | None,
+    has_story: bool,
+    extraction: str,
+) -> None:
+    page = fixture_text("pages/gazette-haftar.html")
+    feed = serve_pages(httpserver, {"/story": (page, "text/html")})
+    entry = {"url": feed} if selector is None else {"url": feed, "selector": selector}
+    settings = load_settings(write_config(feeds=[entry]), environ={})
+    refresh(settings)
+    (article,) = stored(settings).values()
+    assert ("A meeting between General Khalifa Haftar" in article.text) is has_story
+    assert article.extraction == extraction
+
+
+def test_bad_selector_is_a_config_error(write_config: ConfigWriter) -> None:
+    config = write_config(feeds=[{"url": "https://a.example/feed", "selector": "div[[["}])
+    with pytest.raises(ConfigError, match="selector"):
+        load_settings(config, environ={})
+
+
+def test_a_stuck_extraction_is_abandoned_for_the_feed_text(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    page = fixture_text("pages/gazette-haftar.html")
+    feed = serve_pages(httpserver, {"/story": (page, "text/html")})
+    # One real worker process, and a limit far below what extracting this page takes.
+    config = write_config(feeds=[{"url": feed}], extract={"workers": 1, "timeout": "1ms"})
+    settings = load_settings(config, environ={})
+    (outcome,) = refresh(settings)
+    assert outcome.ok and outcome.new_articles == 1
+    (article,) = stored(settings).values()
+    assert article.extraction == "feed"
+    assert article.text == "The feed's own words about story."
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 400, "text/html"),  # binary labelled HTML
+        ("<html><body>" + "<div>" * 100_000 + "deep" + "</div>" * 100_000 + "</body></html>", "text/html"),
+        (
+            "<html><body><p>" + "caf\udcff ".replace("\udcff", "") * 10 + "</p></body></html>",
+            "text/html; charset=utf-16",
+        ),  # an encoding the bytes are not in
+        (b"<html><body><p>Latin-1 \xe9t\xe9 \xff\xfe</p></body></html>", "text/html; charset=utf-8"),
+    ],
+    ids=["binary", "deeply-nested", "wrong-charset", "invalid-utf8"],
+)
+def test_hostile_pages_fall_back_to_the_feed(
+    httpserver: HTTPServer, write_config: ConfigWriter, body: bytes | str, content_type: str
+) -> None:
+    feed = serve_pages(httpserver, {"/page": (body, content_type)})
+    settings = load_settings(write_config(feeds=[{"url": feed}]), environ={})
+    (outcome,) = refresh(settings)
+    assert outcome.ok and outcome.new_articles == 1
+    (article,) = stored(settings).values()
+    assert article.text  # never empty when the feed had text
+    assert article.extraction in ("feed", "page")
+
+
+def test_oversized_page_falls_back(httpserver: HTTPServer, write_config: ConfigWriter) -> None:
+    big = "<html><body><p>" + "word " * 2_000_000 + "</p></body></html>"  # about 10 MB
+    feed = serve_pages(httpserver, {"/big": (big, "text/html")})
+    settings = load_settings(write_config(feeds=[{"url": feed}], fetch={"max_bytes": "1MB"}), environ={})
+    (outcome,) = refresh(settings)
+    assert outcome.ok
+    (article,) = stored(settings).values()
+    assert article.extraction == "feed"
