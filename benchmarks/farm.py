@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 ITEMS_PER_FEED = 20
@@ -126,8 +127,9 @@ def page_html(index: int, item: str) -> bytes:
 
 
 class Farm:
-    def __init__(self, feeds: int, latency: float, base: str) -> None:
+    def __init__(self, feeds: int, latency: float, base: str, pages: list[bytes] | None = None) -> None:
         self.feeds, self.latency, self.base = feeds, latency, base
+        self.pages = pages or []
         self._plain: dict[int, bytes] = {}
         self._gzip: dict[int, bytes] = {}
 
@@ -180,7 +182,10 @@ class Farm:
                     extra["Content-Encoding"] = "gzip"
         elif path.startswith("/page/"):
             _, _, index, item = path.split("/", 3)
-            body = page_html(int(index), item)
+            if self.pages:  # real pages, in turn
+                body = self.pages[(int(index) * ITEMS_PER_FEED + _item_number(item)) % len(self.pages)]
+            else:
+                body = page_html(int(index), item)
             extra = {"Content-Type": "text/html; charset=utf-8"}
         else:
             status, body = "404 Not Found", b"not found"
@@ -189,11 +194,23 @@ class Farm:
         return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def serve(sock: socket.socket, feeds: int, latency_ms: float, ready: Any = None) -> None:
+def _item_number(item: str) -> int:
+    digits = "".join(c for c in item.split("-")[-1] if c.isdigit())
+    return int(digits) if digits else 0
+
+
+def serve(
+    sock: socket.socket,
+    feeds: int,
+    latency_ms: float,
+    ready: Any = None,
+    pages_dir: str | None = None,
+) -> None:
     """Serve the farm on an already bound socket until SIGTERM."""
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     host, port = sock.getsockname()[:2]
-    farm = Farm(feeds, latency_ms / 1000, f"http://{host}:{port}")
+    pages = [p.read_bytes() for p in sorted(Path(pages_dir).glob("*.html"))] if pages_dir else None
+    farm = Farm(feeds, latency_ms / 1000, f"http://{host}:{port}", pages)
     # Every body is made before serving, so that no client pays for the farm's own work.
     for index in range(feeds):
         farm.body(index, True)
@@ -209,8 +226,11 @@ def serve(sock: socket.socket, feeds: int, latency_ms: float, ready: Any = None)
 
 
 @contextmanager
-def start_farm(feeds: int, latency_ms: float = 0) -> Iterator[str]:
-    """Run the farm in a child process on 127.0.0.1; yield its base URL."""
+def start_farm(feeds: int, latency_ms: float = 0, pages_dir: Path | None = None) -> Iterator[str]:
+    """Run the farm in a child process on 127.0.0.1; yield its base URL.
+
+    With ``pages_dir``, article pages are the HTML files there (real pages), in turn.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -218,7 +238,11 @@ def start_farm(feeds: int, latency_ms: float = 0) -> Iterator[str]:
     port = sock.getsockname()[1]
     context = multiprocessing.get_context("fork")
     ready = context.Event()
-    process = context.Process(target=serve, args=(sock, feeds, latency_ms, ready), daemon=True)
+    process = context.Process(
+        target=serve,
+        args=(sock, feeds, latency_ms, ready, str(pages_dir) if pages_dir else None),
+        daemon=True,
+    )
     process.start()
     sock.close()
     if not ready.wait(timeout=600):
