@@ -160,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not settings.feeds:
         log.warning("no feeds configured: add some to %s", settings.feeds_file)
-    asyncio.run(Service(settings).run())
+    asyncio.run(Service(settings, config_path=settings.source).run())
     return 0
 
 
@@ -224,7 +224,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_digest(args: argparse.Namespace) -> int:
     from aggregator.delivery import prepare_digest, send_digest
-    from aggregator.digest import render_html, render_message, render_text
+    from aggregator.digest import fit, render_message, render_text
     from aggregator.store import Store
 
     settings = _settings(args)
@@ -251,12 +251,12 @@ def cmd_digest(args: argparse.Namespace) -> int:
             data = render_message(digest, settings.digest, now).as_bytes()
             _write(path, data)
         elif path.suffix.lower() in (".html", ".htm"):
-            _write(path, render_html(digest).encode("utf-8"))
+            _write(path, fit(digest, settings.digest.max_html_bytes)[1].encode("utf-8"))
         else:
             raise ConfigError(f"--output {path}: use a .eml or .html file name")
         print(f"wrote preview of {digest.count} stories to {path} (nothing marked sent)")
         return 0
-    sys.stdout.write(render_text(digest))
+    sys.stdout.write(render_text(fit(digest, settings.digest.max_html_bytes)[0]))
     return 0
 
 
@@ -267,6 +267,7 @@ def cmd_feeds(args: argparse.Namespace) -> int:
     store = Store.open(settings.database_url)
     try:
         statuses = store.feed_statuses([(f.url, f.display_name) for f in settings.feeds])
+        failure = store.last_digest_failure(settings.digest.name)
     finally:
         store.close()
     if args.json:
@@ -278,6 +279,8 @@ def cmd_feeds(args: argparse.Namespace) -> int:
         return 0
     if not statuses:
         print(f"no feeds configured in {settings.feeds_file}")
+    if failure is not None:
+        print(f"digest {settings.digest.name}: NOT DELIVERED at {_human(failure[0])}: {failure[1]}\n")
     for s in statuses:
         if s.gone:
             state = "GONE (HTTP 410): no longer polled"

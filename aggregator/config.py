@@ -172,6 +172,16 @@ class DigestSettings(_Section):
     from_: str = Field("Aggregator <aggregator@example.com>", alias="from")
     subject: str = "Your {name} digest, {date}: {items}"
     max_items: int | None = Field(None, ge=1)
+    # Filters: only feeds with one of these tags; keywords matched on title and text
+    # (case-insensitive): at least one of `include` if given, none of `exclude`.
+    tags: StrList = Field(default_factory=list)
+    include: StrList = Field(default_factory=list)
+    exclude: StrList = Field(default_factory=list)
+    send_empty: bool = False  # send a short "nothing new" message rather than nothing
+    list_unsubscribe: str | None = None  # the List-Unsubscribe header, e.g. "<mailto:me@x.org>"
+    templates: Path | None = None  # a folder with digest.html.j2 / digest.txt.j2 to use instead
+    # Gmail clips messages over 102 KB: past this, items lose their summaries, then are counted.
+    max_html_bytes: ByteSize = 100_000
 
     @field_validator("timezone")
     @classmethod
@@ -191,6 +201,20 @@ class DigestSettings(_Section):
             raise ValueError(
                 f"bad placeholder {exc} in {value!r}: use {{name}}, {{date}}, {{count}}, {{items}}"
             ) from None
+        return value
+
+    @field_validator("list_unsubscribe")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and ("\n" in value or "\r" in value):
+            raise ValueError("must be one line")
+        return value
+
+    @field_validator("templates")
+    @classmethod
+    def _template_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
         return value
 
     @field_validator("to")
@@ -221,6 +245,12 @@ class SmtpSettings(_Section):
     password_env: str = "AGGREGATOR_SMTP_PASSWORD"
     password_file: Path | None = None
     timeout: Duration = timedelta(seconds=30)
+    # A temporary failure (refused, timeout, 4xx) is tried again this many times, waiting
+    # retry_wait, then twice that, ...; after that the run stays pending for the next send.
+    retries: int = Field(3, ge=0, le=10)
+    retry_wait: Duration = timedelta(seconds=5)
+    # A CA bundle to trust for this server (a private CA); the system's CAs otherwise.
+    ca_file: Path | None = None
 
     @model_validator(mode="after")
     def _one_tls_mode(self) -> SmtpSettings:

@@ -14,7 +14,7 @@ from aggregator.errors import StorageError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration in migrations/versions (tests/test_store.py checks it is Alembic's head).
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 # Any constant shared by all processes: it serialises concurrent migrations on PostgreSQL.
 _MIGRATION_LOCK = 7_262_041
 
@@ -82,7 +82,9 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     try:
-        with engine.begin() as connection:
+        # IMMEDIATE on SQLite: a second process migrating at the same moment waits for the
+        # first instead of failing on its lock (then finds nothing left to do).
+        with engine.execution_options(sqlite_immediate=True).begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             config.attributes["connection"] = connection

@@ -4,14 +4,24 @@ Layers, cheapest first (see docs/DUPLICATES.md):
 1. the same entry of the same feed -> ``entry_key`` (guid, else link, else title+content hash);
 2. the same page reached by another URL -> ``canonical_url`` (tracking parameters, fragments and
    default ports dropped, query sorted: courlan does the cleaning);
-3. the same text -> ``text_hash`` of the normalised full text.
+3. the same text -> ``text_hash`` of the normalised full text;
+4. nearly the same text (one wire story in several outlets' wrappers, a lead rewritten, a paragraph
+   dropped or added, a correction appended) -> ``text_profile``: the text's word shingles and the
+   band keys of their MinHash signature (locality-sensitive hashing). Texts sharing a band key are
+   candidates, stored in the database and looked up by key; ``is_near_duplicate`` then decides on
+   the exact shingle sets.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import struct
+import sys
 import unicodedata
+from array import array
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import courlan
@@ -84,3 +94,112 @@ def text_hash(text: str) -> str | None:
 
 def _sha(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# -- layer 4: near-duplicate texts ---------------------------------------------------------------
+#
+# A text becomes the set of its overlapping SHINGLE_WORDS-word shingles (normalised words). Its
+# MinHash signature holds, for each of PERMUTATIONS hash functions, the least hash of any shingle:
+# two texts agree on one entry with probability equal to the Jaccard similarity of their sets.
+# The signature is cut into BANDS bands of ROWS entries, each hashed to a 64-bit band key; texts
+# sharing any band key are candidates (probability 1 - (1 - J**ROWS) ** BANDS: 0.95 at J = 0.3,
+# 0.9999 at J = 0.5, 0.03 at J = 0.03). A candidate is a duplicate when at least MIN_CONTAINMENT
+# of the shorter text's shingles are in the longer one: a copy cut to half the story, or with a
+# lead rewritten and paragraphs added, has a low Jaccard similarity but a high containment.
+# Figures: benchmarks/dedup_quality.py.
+
+SHINGLE_WORDS = 5
+PERMUTATIONS = 64
+BANDS = 32
+ROWS = PERMUTATIONS // BANDS
+# Share of the shorter text's shingles that the longer must hold (tuned on the dev pairs of
+# tests/data/dedup, see benchmarks/dedup_quality.py).
+MIN_CONTAINMENT = 0.45
+# Changing the hash family, SHINGLE_WORDS, PERMUTATIONS or BANDS changes every band key: bump the
+# version; keys stored under the old one are then never found (old articles match by URL/hash only).
+_MINHASH_KEY = "aggregator/minhash/v1\x00"
+_BAND_PERSON = b"agg-band-v1"
+# One 32-bit lane per hash function, read little-endian on every machine.
+_LANE = next(code for code in "IL" if array(code).itemsize == 4)
+
+
+@dataclass(frozen=True, slots=True)
+class TextProfile:
+    """A text as near-duplicate detection sees it: its shingles and its band keys."""
+
+    shingles: frozenset[str]
+    band_keys: tuple[int, ...]
+
+
+def text_profile(text: str) -> TextProfile | None:
+    """Return the shingles and band keys of ``text``, or None when it is too short to trust."""
+    grams = text_shingles(text)
+    if grams is None:
+        return None
+    return TextProfile(grams, band_keys(minhash(grams)))
+
+
+def text_shingles(text: str) -> frozenset[str] | None:
+    """Return the set of word shingles of ``text``, or None below MIN_WORDS_FOR_TEXT_MATCH words."""
+    words = normalise_words(text)
+    if len(words) < MIN_WORDS_FOR_TEXT_MATCH:
+        return None
+    return shingles(words)
+
+
+def shingles(words: Sequence[str], size: int = SHINGLE_WORDS) -> frozenset[str]:
+    """Return the overlapping ``size``-word shingles of ``words`` (a shorter text is one shingle)."""
+    if len(words) <= size:
+        return frozenset([" ".join(words)]) if words else frozenset()
+    return frozenset(map(" ".join, zip(*(words[i:] for i in range(size)), strict=False)))
+
+
+def minhash(grams: Iterable[str]) -> tuple[int, ...]:
+    """Return the MinHash signature of a non-empty set of shingles: PERMUTATIONS 32-bit minima.
+
+    Hash function i of a shingle is the i-th little-endian 32-bit word of SHAKE-128 over a fixed
+    key and the shingle: the same in every process, run and machine (unlike the salted hash()),
+    and one C call per shingle gives all of them. Raises ValueError for an empty set.
+    """
+    digests = b"".join(
+        [
+            hashlib.shake_128((_MINHASH_KEY + gram).encode("utf-8", "surrogatepass")).digest(4 * PERMUTATIONS)
+            for gram in grams
+        ]
+    )
+    lanes = array(_LANE, digests)
+    if sys.byteorder == "big":
+        lanes.byteswap()
+    if not lanes:
+        raise ValueError("minhash of an empty set")
+    return tuple(min(lanes[i::PERMUTATIONS]) for i in range(PERMUTATIONS))
+
+
+def band_keys(signature: Sequence[int]) -> tuple[int, ...]:
+    """Return one signed 64-bit key per band of ``signature`` (the band's number is hashed in)."""
+    keys = []
+    for band in range(BANDS):
+        rows = signature[band * ROWS : (band + 1) * ROWS]
+        packed = struct.pack(f"<{ROWS + 1}I", band, *rows)
+        digest = hashlib.blake2b(packed, digest_size=8, person=_BAND_PERSON).digest()
+        keys.append(int.from_bytes(digest, "big", signed=True))
+    return tuple(keys)
+
+
+def containment(a: frozenset[str], b: frozenset[str]) -> float:
+    """Return the share of the smaller set's shingles that the other holds (0.0 if one is empty)."""
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    if not small:
+        return 0.0
+    return len(small & large) / len(small)
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    """Return |a & b| / |a | b| (0.0 for two empty sets)."""
+    union = len(a | b)
+    return len(a & b) / union if union else 0.0
+
+
+def is_near_duplicate(a: frozenset[str], b: frozenset[str]) -> bool:
+    """Return whether two texts' shingle sets (``text_shingles``) tell one story."""
+    return containment(a, b) >= MIN_CONTAINMENT

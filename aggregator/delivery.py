@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from email.message import EmailMessage
 from pathlib import Path
 
-from aggregator.config import Settings
+from aggregator.config import Settings, SmtpSettings
 from aggregator.digest import Digest, build_digest, render_message
 from aggregator.errors import DeliveryError
 from aggregator.mailer import send_smtp, write_outbox
@@ -35,7 +38,11 @@ def prepare_digest(
 
 
 def send_digest(
-    store: Store, settings: Settings, now: datetime, since: datetime | None = None
+    store: Store,
+    settings: Settings,
+    now: datetime,
+    since: datetime | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> DeliveryReport:
     """Build and deliver the digest; articles count as sent only once delivery succeeded."""
     digest = prepare_digest(store, settings, now, since)
@@ -48,17 +55,36 @@ def send_digest(
     )
     try:
         if settings.smtp is not None:
-            send_smtp(message, settings.smtp)
+            _send_with_retries(message, settings.smtp, sleep)
             destination = f"smtp {settings.smtp.host}:{settings.smtp.port}"
         else:
             path = write_outbox(message, Path(settings.outbox_dir), _file_name(digest, now))
             destination = str(path)
     except DeliveryError as exc:
-        store.fail_digest_run(run_id, str(exc))
+        # Temporary: the run stays pending, its articles unsent, for the next attempt.
+        # Permanent: recorded as failed; the articles stay unsent for the next run.
+        if not exc.temporary:
+            store.fail_digest_run(run_id, str(exc))
+        else:
+            store.note_digest_error(run_id, str(exc))
         raise
     store.finish_digest_run(run_id, now)
     log.info("digest=%s sent items=%d to=%s", digest.name, digest.count, destination)
     return DeliveryReport(digest, destination)
+
+
+def _send_with_retries(message: EmailMessage, smtp: SmtpSettings, sleep: Callable[[float], None]) -> None:
+    wait = smtp.retry_wait.total_seconds()
+    for attempt in range(smtp.retries + 1):
+        try:
+            send_smtp(message, smtp)
+            return
+        except DeliveryError as exc:
+            if not exc.temporary or attempt == smtp.retries:
+                raise
+            log.warning("digest delivery failed, retrying in %.0fs: %s", wait, exc)
+            sleep(wait)
+            wait *= 2
 
 
 def _file_name(digest: Digest, now: datetime) -> str:

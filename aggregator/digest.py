@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
+from pathlib import Path
 
 import css_inline
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    PackageLoader,
+    StrictUndefined,
+    select_autoescape,
+)
 
 from aggregator.config import DigestSettings, FeedConfig
 from aggregator.models import StoredArticle
@@ -33,13 +42,19 @@ _DARK_MODE = """<style>
 }
 </style>"""
 
-_templates = Environment(
-    loader=PackageLoader("aggregator", "templates"),
-    autoescape=select_autoescape(["html", "html.j2"]),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+
+@functools.cache
+def _environment(folder: Path | None) -> Environment:
+    """Jinja2 with the shipped templates, or a user's folder whose files take precedence."""
+    shipped = PackageLoader("aggregator", "templates")
+    loader = shipped if folder is None else ChoiceLoader([FileSystemLoader(str(folder)), shipped])
+    return Environment(
+        loader=loader,
+        autoescape=select_autoescape(["html", "html.j2"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +76,8 @@ class DigestItem:
     summary: str
     also_in: tuple[OtherCopy, ...]
     copy_ids: tuple[int, ...]  # the lead and every duplicate shown with it
+    compact: bool = False  # shown as a title link only (the size budget ran out)
+    summary_source: tuple[str, str] = ("", "")  # (full text, feed summary) to summarise
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +85,7 @@ class DigestGroup:
     name: str
     anchor: str
     items: tuple[DigestItem, ...]
+    more: int = 0  # items past the size budget, only counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +99,11 @@ class Digest:
     article_ids: tuple[int, ...]  # every article this digest covers, duplicates included
     duplicates: int
     schedule_label: str
+    templates: Path | None = None  # a folder whose templates replace the shipped ones
 
     @property
     def count(self) -> int:
-        return sum(len(g.items) for g in self.groups)
+        return sum(len(g.items) + g.more for g in self.groups)
 
     @property
     def source_count(self) -> int:
@@ -111,10 +130,13 @@ def build_digest(
     by_id = {a.id: a for a in articles}
     stories: dict[int, list[StoredArticle]] = {}
     covered: list[int] = []
+    wanted = _filter(feeds, settings)
     for article in articles:
         root = article.duplicate_of or article.id
-        if root in already_sent:
-            covered.append(article.id)  # the story went out before: never send it twice
+        if root in already_sent or not wanted(article):
+            # The story went out before (never send it twice), or this digest's filters leave
+            # it out for good: covered, so that it is not considered again every day.
+            covered.append(article.id)
             continue
         stories.setdefault(root, []).append(article)
     zone = settings.zone
@@ -123,7 +145,7 @@ def build_digest(
         lead = by_id.get(root) or copies[0]
         others = [c for c in copies if c.id != lead.id]
         items.append((lead.feed_url, _item(lead, others, names, zone)))
-    if not items:
+    if not items and not settings.send_empty:
         return None
     order = _group_order(feeds)
     groups: dict[str, list[DigestItem]] = {}
@@ -162,21 +184,65 @@ def build_digest(
         article_ids=ids,
         duplicates=duplicates,
         schedule_label=f"every day at {settings.send_at:%H:%M} {settings.timezone}",
+        templates=settings.templates,
     )
 
 
 def render_text(digest: Digest) -> str:
-    return _templates.get_template("digest.txt.j2").render(digest=digest)
+    return _environment(digest.templates).get_template("digest.txt.j2").render(digest=digest)
 
 
 def render_html(digest: Digest) -> str:
-    html = _templates.get_template("digest.html.j2").render(digest=digest)
+    html = _environment(digest.templates).get_template("digest.html.j2").render(digest=digest)
     inlined = css_inline.inline(html)
     return inlined.replace("</head>", _DARK_MODE + "</head>", 1)
 
 
+def fit(digest: Digest, budget: int) -> tuple[Digest, str]:
+    """Return the digest laid out so its HTML stays under ``budget`` bytes, and that HTML.
+
+    Items keep their summaries while they fit; then the later ones become title links; then
+    the last are only counted ("and N more"). Every item stays covered by the run.
+    """
+    count = sum(len(group.items) for group in digest.groups)
+    # Start near the answer: a full item takes at least ~500 bytes of inlined HTML and a title
+    # link ~150, so more than that never fits; each try below renders the whole message.
+    full, shown = min(count, budget // 500), min(count, budget // 150)
+    while True:
+        laid_out = _layout(digest, full, shown)
+        html = render_html(laid_out)
+        if len(html.encode("utf-8")) <= budget or shown == 0:
+            return laid_out, html
+        if full > 0:
+            full = full * 3 // 4 if full > 8 else full - 1
+        else:
+            shown = shown * 3 // 4 if shown > 8 else shown - 1
+
+
+def _layout(digest: Digest, full: int, shown: int) -> Digest:
+    groups = []
+    position = 0
+    for group in digest.groups:
+        kept: list[DigestItem] = []
+        more = group.more
+        for item in group.items:
+            if position < full:
+                summary = (
+                    item.summary or summarise(item.summary_source[0]) or summarise(item.summary_source[1])
+                )
+                kept.append(replace(item, compact=False, summary=summary))
+            elif position < shown:
+                kept.append(replace(item, compact=True))
+            else:
+                more += 1
+            position += 1
+        groups.append(DigestGroup(group.name, group.anchor, tuple(kept), more))
+    return replace(digest, groups=tuple(groups))
+
+
 def render_message(digest: Digest, settings: DigestSettings, now: datetime) -> EmailMessage:
     """Return the multipart/alternative email (text/plain + text/html) for ``digest``."""
+    laid_out, html = fit(digest, settings.max_html_bytes)
     message = EmailMessage()
     message["Subject"] = digest.subject
     message["From"] = settings.from_
@@ -184,10 +250,12 @@ def render_message(digest: Digest, settings: DigestSettings, now: datetime) -> E
     message["Date"] = format_datetime(now)
     message["Message-ID"] = message_id(digest.run_key, settings.from_)
     message["List-Id"] = f"{_header_safe(settings.name)} digest <{_slug(settings.name)}.digest.aggregator>"
+    if settings.list_unsubscribe:
+        message["List-Unsubscribe"] = _header_safe(settings.list_unsubscribe)
     message["Auto-Submitted"] = "auto-generated"
     message["X-Auto-Response-Suppress"] = "All"
-    message.set_content(render_text(digest))
-    message.add_alternative(render_html(digest), subtype="html")
+    message.set_content(render_text(laid_out))
+    message.add_alternative(html, subtype="html")
     return message
 
 
@@ -206,7 +274,7 @@ def _item(
 ) -> DigestItem:
     published = lead.published or lead.first_seen
     local = published.astimezone(zone)  # type: ignore[arg-type]
-    words = len(lead.text.split())
+    words = lead.text.count(" ") + 1 if lead.text else 0  # a word count, cheaply
     return DigestItem(
         article_id=lead.id,
         title=lead.title,
@@ -216,7 +284,8 @@ def _item(
         published_label=f"{local:%a} {local.day} {local:%b}, {local:%H:%M}",
         author=lead.author,
         reading_minutes=max(1, math.ceil(words / WORDS_PER_MINUTE)),
-        summary=summarise(lead.text) or summarise(lead.summary),
+        summary="",  # made in _layout, only for the items shown with one
+        summary_source=(lead.text, lead.summary),
         also_in=tuple(OtherCopy(names.get(o.feed_url, o.feed_name), o.url) for o in others),
         copy_ids=(lead.id, *(o.id for o in others)),
     )
@@ -239,6 +308,25 @@ def summarise(text: str, max_words: int = SUMMARY_WORDS) -> str:
     if not summary:  # a first sentence longer than the budget: cut at a word, mark it
         summary = " ".join(words[:max_words]).rstrip(",;:") + " …"
     return summary
+
+
+def _filter(feeds: Sequence[FeedConfig], settings: DigestSettings) -> Callable[[StoredArticle], bool]:
+    """Return the test an article must pass to be in this digest (tags and keywords)."""
+    tagged = {f.url for f in feeds if set(f.tags) & set(settings.tags)}
+    include = [k.casefold() for k in settings.include]
+    exclude = [k.casefold() for k in settings.exclude]
+
+    def wanted(article: StoredArticle) -> bool:
+        if settings.tags and article.feed_url not in tagged:
+            return False
+        if not include and not exclude:
+            return True
+        haystack = f"{article.title}\n{article.text or article.summary}".casefold()
+        if include and not any(k in haystack for k in include):
+            return False
+        return not any(k in haystack for k in exclude)
+
+    return wanted
 
 
 def _group_of(feed_url: str, feeds: Sequence[FeedConfig], names: dict[str, str]) -> str:

@@ -31,7 +31,12 @@ class StorageError(AggregatorError):
 
 
 class DeliveryError(AggregatorError):
-    """The digest could not be handed to the SMTP server or written to the outbox."""
+    """The digest could not be handed over. ``temporary``: worth trying again later
+    (connection refused, timeout, a 4xx answer); otherwise permanent (a 5xx answer)."""
+
+    def __init__(self, message: str, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.temporary = temporary
 
 
 class FetchError(AggregatorError):

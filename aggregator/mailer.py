@@ -18,7 +18,9 @@ from aggregator.errors import DeliveryError
 def send_smtp(message: EmailMessage, settings: SmtpSettings) -> None:
     """Send ``message`` through the SMTP server; raise DeliveryError with a one-line reason."""
     timeout = settings.timeout.total_seconds()
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(
+        cafile=str(settings.ca_file) if settings.ca_file else None
+    )
     password = settings.password()
     sender = parseaddr(str(message["From"]))[1]
     recipients = [parseaddr(a.strip())[1] for a in str(message["To"]).split(",") if a.strip()]
@@ -44,13 +46,24 @@ def send_smtp(message: EmailMessage, settings: SmtpSettings) -> None:
     except smtplib.SMTPNotSupportedError as exc:
         raise DeliveryError(f"SMTP {where}: {exc} (check smtp.starttls / smtp.ssl)") from None
     except smtplib.SMTPRecipientsRefused as exc:
-        raise DeliveryError(f"SMTP {where} refused every recipient: {list(exc.recipients)}") from None
+        codes = [code for code, _ in exc.recipients.values()]
+        raise DeliveryError(
+            f"SMTP {where} refused every recipient: {sorted(exc.recipients)}",
+            temporary=all(400 <= code < 500 for code in codes),
+        ) from None
     except smtplib.SMTPResponseException as exc:
-        raise DeliveryError(f"SMTP {where} answered {exc.smtp_code}: {_text(exc.smtp_error)}") from None
+        raise DeliveryError(
+            f"SMTP {where} answered {exc.smtp_code}: {_text(exc.smtp_error)}",
+            temporary=400 <= exc.smtp_code < 500,
+        ) from None
+    except smtplib.SMTPServerDisconnected as exc:
+        raise DeliveryError(f"SMTP {where} closed the connection: {exc}", temporary=True) from None
     except (smtplib.SMTPException, ssl.SSLError) as exc:
         raise DeliveryError(f"SMTP {where}: {exc}") from None
-    except (TimeoutError, OSError) as exc:
-        raise DeliveryError(f"cannot reach SMTP server {where}: {exc.strerror or exc}") from None
+    except OSError as exc:  # refused, unreachable, timed out
+        raise DeliveryError(
+            f"cannot reach SMTP server {where}: {exc.strerror or exc}", temporary=True
+        ) from None
     if refused:
         raise DeliveryError(f"SMTP {where} refused some recipients: {sorted(refused)}")
 

@@ -22,10 +22,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.engine import make_url
 
-from aggregator.config import Settings
+from aggregator.config import Settings, load_settings
 from aggregator.database import normalise_url
 from aggregator.delivery import send_digest
-from aggregator.errors import AggregatorError, StorageError
+from aggregator.errors import AggregatorError, ConfigError, DeliveryError, StorageError
 from aggregator.fetcher import Fetcher
 from aggregator.pipeline import Pipeline
 from aggregator.store import Store
@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 
 # A digest missed by less than this (service down at send time) is sent at start-up.
 CATCH_UP = timedelta(hours=12)
+# How often the config files are checked for edits.
+RELOAD_EVERY = 2.0
+# A digest that failed for a temporary reason is tried again after 5 min, 10 min, ... 1 h.
+DIGEST_RETRY_FIRST = timedelta(minutes=5)
+DIGEST_RETRY_MAX = timedelta(hours=1)
 SHUTDOWN_TIMEOUT = 20.0
 
 
@@ -57,10 +62,18 @@ def missed_digest(now: datetime, send_at: time, zone: ZoneInfo, last_sent: datet
 class Service:
     """`aggregator run`: APScheduler jobs over one Store, one Fetcher and one Pipeline."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], datetime] | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.settings = settings
+        self.config_path = config_path
+        self._config_stamp = _stamp(settings)
         self.clock = clock or (lambda: datetime.now(UTC))
         self._refreshing: asyncio.Task[object] | None = None
+        self._scheduler: AsyncIOScheduler | None = None
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -95,6 +108,7 @@ class Service:
             log.info("sending the digest missed while the service was down")
             await self._digest_job(store)
         scheduler = AsyncIOScheduler(timezone=UTC)
+        self._scheduler = scheduler
         scheduler.add_job(
             self._refresh_job,
             "interval",
@@ -117,6 +131,16 @@ class Service:
         scheduler.add_job(
             self._heartbeat, "interval", seconds=15, next_run_time=datetime.now(UTC), id="heartbeat"
         )
+        if self.config_path is not None:
+            scheduler.add_job(
+                self._reload_job,
+                "interval",
+                args=[pipeline],
+                seconds=RELOAD_EVERY,
+                max_instances=1,
+                coalesce=True,
+                id="reload",
+            )
         loop = asyncio.get_running_loop()
         signals = 0
 
@@ -174,14 +198,74 @@ class Service:
         new = sum(o.new_articles for o in outcomes)  # type: ignore[attr-defined]
         log.info("refresh pass feeds=%d new_articles=%d failed=%d", len(due), new, failed)
 
-    async def _digest_job(self, store: Store) -> None:
+    async def _digest_job(self, store: Store, retry: int = 0) -> None:
         try:
             report = await asyncio.to_thread(send_digest, store, self.settings, self.clock())
+        except DeliveryError as exc:
+            if exc.temporary and self._scheduler is not None and not self._stopping.is_set():
+                # The SMTP server is down or busy: try again later today, not only tomorrow.
+                delay = min(DIGEST_RETRY_FIRST * 2**retry, DIGEST_RETRY_MAX)
+                self._scheduler.add_job(
+                    self._digest_job,
+                    "date",
+                    args=[store, retry + 1],
+                    run_date=datetime.now(UTC) + delay,
+                    id="digest-retry",
+                    replace_existing=True,
+                )
+                log.error("digest not delivered: %s (trying again in %s)", exc, delay)
+            else:
+                log.error("digest not delivered: %s (its articles wait for the next digest)", exc)
+            return
         except AggregatorError as exc:
-            log.error("digest not delivered: %s (it will be retried at the next send time)", exc)
+            log.error("digest not delivered: %s (its articles wait for the next digest)", exc)
             return
         if report.digest is not None:
             log.info("digest delivered items=%d to=%s", report.digest.count, report.destination)
+
+    async def _reload_job(self, pipeline: Pipeline) -> None:
+        """Apply edits of aggregator.yaml / feeds.yaml; a bad edit keeps the last good config."""
+        stamp = _stamp(self.settings, self.config_path)
+        if stamp == self._config_stamp:
+            return
+        self._config_stamp = stamp
+        try:
+            fresh = await asyncio.to_thread(load_settings, self.config_path)
+        except ConfigError as exc:
+            log.error("config not reloaded, the last good one stays in force: %s", exc)
+            return
+        old = self.settings
+        restart = [
+            key
+            for key in ("database_url", "fetch", "extract", "service")
+            if getattr(fresh, key) != getattr(old, key)
+        ]
+        if restart:
+            log.warning("config reloaded; restart to apply changes to: %s", ", ".join(restart))
+            fresh = fresh.model_copy(update={key: getattr(old, key) for key in restart}).with_feeds(
+                fresh.feeds
+            )
+        self.settings = pipeline.settings = fresh
+        added = {f.url for f in fresh.feeds} - {f.url for f in old.feeds}
+        removed = {f.url for f in old.feeds} - {f.url for f in fresh.feeds}
+        moved = (fresh.digest.send_at, fresh.digest.timezone) != (old.digest.send_at, old.digest.timezone)
+        if moved and self._scheduler is not None:
+            self._scheduler.reschedule_job(
+                "digest",
+                trigger=CronTrigger(
+                    hour=fresh.digest.send_at.hour,
+                    minute=fresh.digest.send_at.minute,
+                    timezone=fresh.digest.zone,
+                ),
+            )
+        log.info(
+            "config reloaded feeds=%d added=%d removed=%d digest_at=%s %s",
+            len(fresh.feeds),
+            len(added),
+            len(removed),
+            fresh.digest.send_at.strftime("%H:%M"),
+            fresh.digest.timezone,
+        )
 
     async def _heartbeat(self) -> None:
         path = self.settings.service.heartbeat_file
@@ -213,6 +297,18 @@ def _single_process_guard(database_url: str):  # type: ignore[no-untyped-def]
         yield
     finally:
         handle.close()
+
+
+def _stamp(settings: Settings, config_path: Path | None = None) -> tuple[float, ...]:
+    """Modification times of the config files (0 for a missing one)."""
+    paths = [p for p in (config_path or settings.source, settings.feeds_file) if p is not None]
+    stamps = []
+    for path in paths:
+        try:
+            stamps.append(path.stat().st_mtime_ns)
+        except OSError:
+            stamps.append(0)
+    return tuple(stamps)
 
 
 def heartbeat_age(path: Path, now: datetime) -> timedelta | None:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
@@ -107,6 +108,24 @@ class Article(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     duplicate_of: Mapped[int | None] = mapped_column(
         ForeignKey("articles.id", ondelete="SET NULL"), index=True
+    )
+
+
+class ArticleBand(Base):
+    """One LSH band key of an article's text (dedup.text_profile): finds near-duplicates by index.
+
+    Kept for every article whose text can be matched, except exact copies of a stored text. The
+    primary key (band_key, article_id) is the lookup index; on SQLite the table is WITHOUT ROWID,
+    so that index is the whole table. No index by article: nothing deletes articles today; one
+    must be added before anything does, or each cascading delete scans the table.
+    """
+
+    __tablename__ = "article_bands"
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    band_key: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    article_id: Mapped[int] = mapped_column(
+        ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
     )
 
 

@@ -9,20 +9,29 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import Engine, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from aggregator.database import create_db_engine, migrate
-from aggregator.dedup import url_key
+from aggregator.dedup import TextProfile, is_near_duplicate, text_profile, text_shingles, url_key
 from aggregator.errors import StorageError
 from aggregator.models import FeedStatus, NewArticle, StoredArticle
-from aggregator.schema import Article, DigestItem, DigestRun, Feed
+from aggregator.schema import Article, ArticleBand, DigestItem, DigestRun, Feed
+
+T = TypeVar("T")
+# Near-duplicate candidates verified per new article at most: those sharing the most band keys.
+# It bounds the work when a band key is common (a story carried by many outlets, boilerplate).
+MAX_CANDIDATES = 8
+# Any constant shared by all processes (database.py's migration lock is another).
+_INSERT_LOCK = 7_262_042
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +258,8 @@ class Store:
         }
         if record.location is not None:
             values.update(record.location.values())
+        # Shingles and MinHash are CPU work: done before the write transaction, not inside it.
+        profiles = [text_profile(a.text) for a in articles]
         with self._writing() as session:
             feed_id = session.scalar(
                 update(Feed).where(Feed.url == feed_url).values(**values).returning(Feed.id)
@@ -256,15 +267,32 @@ class Store:
             if feed_id is None:  # not created by ensure_feeds: make the row, then update it
                 feed_id = self._feed_row(session, feed_url, record.now).id
                 session.execute(update(Feed).where(Feed.id == feed_id).values(**values))
-            return self._insert_articles(session, feed_id, articles, record.now)
+            return self._insert_articles(session, feed_id, articles, record.now, profiles)
 
     def _insert_articles(
-        self, session: Session, feed_id: int, articles: Sequence[NewArticle], now: datetime
+        self,
+        session: Session,
+        feed_id: int,
+        articles: Sequence[NewArticle],
+        now: datetime,
+        profiles: Sequence[TextProfile | None] | None = None,
     ) -> tuple[int, int]:
         """Insert the articles this feed lacks, each pointing at the earliest stored copy of
-        its story if any; return (added, of which duplicates)."""
+        its story if any; return (added, of which duplicates).
+
+        A copy is the same URL, the same text (``content_hash``), or nearly the same text
+        (``profiles``: ``dedup.text_profile`` of each article's text, computed here if not given).
+        """
         if not articles:
             return 0, 0
+        if self.engine.dialect.name == "postgresql":
+            # Copies of one story often arrive at once, through feeds refreshed in different
+            # processes: each transaction would miss the other's uncommitted copy, and both would
+            # become representatives. Inserts queue here (on SQLite all writers queue anyway),
+            # so each one sees the copies committed before it.
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INSERT_LOCK})
+        if profiles is None:
+            profiles = [text_profile(a.text) for a in articles]
         keys = {_url_key(a) for a in articles}
         hashes = {a.content_hash for a in articles if a.content_hash}
         entry_keys = {a.entry_key for a in articles}
@@ -298,30 +326,55 @@ class Store:
                 by_hash.setdefault(digest, root)
             if owner == feed_id and entry in entry_keys:
                 present.add(entry)
-        # Copies within this batch point at the first of them, known once it has an id.
+        batch: list[tuple[NewArticle, TextProfile | None]] = []
+        for article, profile in zip(articles, profiles, strict=True):
+            if article.entry_key not in present:
+                present.add(article.entry_key)
+                batch.append((article, profile))
+        if not batch:
+            return 0, 0
+        stored = [
+            by_url.get(_url_key(a)) or (by_hash.get(a.content_hash) if a.content_hash else None)
+            for a, _ in batch
+        ]
+        # Near-duplicate text is looked for only when neither the URL nor the exact text matched.
+        unmatched = [
+            profile if rep is None else None for (_, profile), rep in zip(batch, stored, strict=True)
+        ]
+        near = _stored_near_duplicates(session, unmatched)
+        # A copy within this batch points where the first copy it matches points: at a stored
+        # article, or at an article of the batch (known once it has an id).
         first_by_url: dict[str, int] = {}
         first_by_hash: dict[str, int] = {}
+        by_band: dict[int, list[int]] = {}  # band key -> positions in batch that store it
+        representatives: list[int | None] = []
         twins: dict[int, int] = {}  # position in batch -> position of its first copy
+        banded: dict[int, TextProfile] = {}  # position -> its profile, when its band keys are stored
         values: list[dict[str, object]] = []
         duplicates = 0
-        for article in articles:
-            if article.entry_key in present:
-                continue
-            present.add(article.entry_key)
-            position = len(values)
+        for position, (article, profile) in enumerate(batch):
             key = _url_key(article)
             digest = article.content_hash
-            representative = by_url.get(key) or (by_hash.get(digest) if digest else None)
+            representative = stored[position] or near[position]
             if representative is None:
-                twin = first_by_url.get(key)
-                if twin is None and digest:
-                    twin = first_by_hash.get(digest)
-                if twin is not None:
-                    twins[position] = twin
-                else:
-                    first_by_url.setdefault(key, position)
-                    if digest:
-                        first_by_hash.setdefault(digest, position)
+                earlier = first_by_url.get(key)
+                if earlier is None and digest:
+                    earlier = first_by_hash.get(digest)
+                if earlier is None and profile is not None:
+                    earlier = _batch_near_duplicate(profile, by_band, banded, representatives, twins)
+                if earlier is not None:
+                    representative = representatives[earlier]
+                    if representative is None:
+                        twins[position] = twins.get(earlier, earlier)
+            exact_copy = digest is not None and (digest in by_hash or digest in first_by_hash)
+            first_by_url.setdefault(key, position)
+            if digest:
+                first_by_hash.setdefault(digest, position)
+            if profile is not None and not exact_copy:  # an exact copy's keys are stored already
+                banded[position] = profile
+                for band_key in profile.band_keys:
+                    by_band.setdefault(band_key, []).append(position)
+            representatives.append(representative)
             duplicates += representative is not None or position in twins
             values.append(
                 {
@@ -342,17 +395,25 @@ class Store:
                     "duplicate_of": representative,
                 }
             )
-        if not values:
-            return 0, 0
-        if not twins:
+        if not twins and not banded:
             # Core executemany: the ORM's unit of work costs more than the insert itself here.
             session.execute(insert(Article), values)
             return len(values), duplicates
         ids = session.scalars(
             insert(Article).returning(Article.id, sort_by_parameter_order=True), values
         ).all()
+        copies: dict[int, list[int]] = {}
         for position, twin in twins.items():
-            session.execute(update(Article).where(Article.id == ids[position]).values(duplicate_of=ids[twin]))
+            copies.setdefault(twin, []).append(ids[position])
+        for twin, copy_ids in copies.items():
+            session.execute(update(Article).where(Article.id.in_(copy_ids)).values(duplicate_of=ids[twin]))
+        bands = [
+            {"band_key": band_key, "article_id": ids[position]}
+            for position, profile in banded.items()
+            for band_key in dict.fromkeys(profile.band_keys)
+        ]
+        if bands:
+            session.execute(insert(ArticleBand), bands)
         return len(values), duplicates
 
     @contextmanager
@@ -571,6 +632,26 @@ class Store:
             if run is not None:
                 run.status, run.sent_at = "sent", now
 
+    def note_digest_error(self, run_id: int, error: str) -> None:
+        """Record a temporary delivery failure; the run stays pending."""
+        with self._writing() as session:
+            run = session.get(DigestRun, run_id)
+            if run is not None:
+                run.error = error[:2000]
+
+    def last_digest_failure(self, digest_name: str) -> tuple[datetime, str] | None:
+        """Return when and why the newest undelivered run of this digest failed, if it did."""
+        with self._session() as session:
+            run = session.scalars(
+                select(DigestRun)
+                .where(DigestRun.digest_name == digest_name)
+                .order_by(DigestRun.id.desc())
+                .limit(1)
+            ).first()
+        if run is None or run.status == "sent" or not run.error:
+            return None
+        return run.created_at, run.error
+
     def fail_digest_run(self, run_id: int, error: str) -> None:
         with self._writing() as session:
             run = session.get(DigestRun, run_id)
@@ -594,7 +675,69 @@ def _url_key(article: NewArticle) -> str:
     return article.url_key or url_key(article.url)
 
 
-def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+def _ranked(band_keys: Iterable[int], hits: dict[int, list[int]]) -> list[int]:
+    """Return the ids (or positions) sharing a band key: most keys shared first, then earliest;
+    at most MAX_CANDIDATES."""
+    counts = Counter(article for key in band_keys for article in hits.get(key, ()))
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [article for article, _ in ranked[:MAX_CANDIDATES]]
+
+
+def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | None]) -> list[int | None]:
+    """Return, for each profile, the earliest representative among the stored articles whose
+    text it nearly duplicates (None: none, or no profile); one query for the band keys of the
+    whole batch, one for the candidates' texts."""
+    found: list[int | None] = [None] * len(profiles)
+    wanted = sorted({key for profile in profiles if profile for key in profile.band_keys})
+    hits: dict[int, list[int]] = {}
+    for chunk in _chunks(wanted, 1000):
+        bands = select(ArticleBand.band_key, ArticleBand.article_id).where(ArticleBand.band_key.in_(chunk))
+        for key, article_id in session.execute(bands):
+            hits.setdefault(key, []).append(article_id)
+    if not hits:
+        return found
+    candidates = [_ranked(profile.band_keys, hits) if profile else [] for profile in profiles]
+    stored: dict[int, tuple[int, str]] = {}  # id -> (its representative, its text)
+    for chunk in _chunks(sorted({c for ranked in candidates for c in ranked})):
+        texts = select(Article.id, Article.duplicate_of, Article.text).where(Article.id.in_(chunk))
+        for article_id, duplicate_of, body in session.execute(texts):
+            stored[article_id] = (duplicate_of or article_id, body)
+    shingled: dict[int, frozenset[str] | None] = {}
+    for index, (profile, ranked) in enumerate(zip(profiles, candidates, strict=True)):
+        roots = []
+        for candidate in ranked:
+            if candidate not in stored or profile is None:
+                continue
+            if candidate not in shingled:
+                shingled[candidate] = text_shingles(stored[candidate][1])
+            theirs = shingled[candidate]
+            if theirs is not None and is_near_duplicate(profile.shingles, theirs):
+                roots.append(stored[candidate][0])
+        found[index] = min(roots, default=None)
+    return found
+
+
+def _batch_near_duplicate(
+    profile: TextProfile,
+    by_band: dict[int, list[int]],
+    banded: dict[int, TextProfile],
+    representatives: Sequence[int | None],
+    twins: dict[int, int],
+) -> int | None:
+    """Return the position of the earlier article of the batch whose text ``profile`` nearly
+    duplicates and whose story came first (a stored representative before a new one)."""
+    best: tuple[int, int, int] | None = None  # (stored? 0 : 1, id or root position, position)
+    for position in _ranked(profile.band_keys, by_band):
+        if not is_near_duplicate(profile.shingles, banded[position].shingles):
+            continue
+        representative = representatives[position]
+        root = twins.get(position, position)
+        order = (0, representative, position) if representative else (1, root, position)
+        best = order if best is None else min(best, order)
+    return None if best is None else best[2]
+
+
+def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
     """Yield slices small enough for any database's limit on bound parameters."""
     for start in range(0, len(items), size):
         yield items[start : start + size]

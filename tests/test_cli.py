@@ -258,3 +258,47 @@ def test_extract_with_selector_and_html(
     assert record["html"].startswith("<p>A meeting") and "<script" not in record["html"]
     assert main([*args, "--selector", ".author-bio"]) == 0
     assert "A meeting" not in json.loads(capsys.readouterr().out)["text"]
+
+
+def test_run_picks_up_config_edits_and_survives_a_bad_one(
+    httpserver: HTTPServer, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    import yaml
+
+    first = serve(httpserver, "/one", "feeds/full-content.rss", "application/rss+xml")
+    second = serve(httpserver, "/two", "feeds/wire.atom", "application/atom+xml")
+    config = write_config(feeds=[{"url": first, "full_text": False}], service={"check_every": "1s"})
+    feeds_file = config.parent / "feeds.yaml"
+    env = {**os.environ, "AGGREGATOR_SERVICE_HEARTBEAT_FILE": str(tmp_path / "hb")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+    def requested(path: str) -> bool:
+        return any(entry[0].path == path for entry in httpserver.log)
+
+    try:
+        assert _wait_for(lambda: requested("/one"), 20)
+        feeds_file.write_text("feeds: [{url: " + first + "\n")  # a bad edit
+        time.sleep(3)
+        assert process.poll() is None
+        feeds_file.write_text(
+            yaml.safe_dump(
+                {"feeds": [{"url": first, "full_text": False}, {"url": second, "full_text": False}]}
+            )
+        )
+        assert _wait_for(lambda: requested("/two"), 20)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "config not reloaded, the last good one stays in force" in err
+    assert "feeds.yaml" in err
+    assert "config reloaded feeds=2 added=1" in err

@@ -1,8 +1,29 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from aggregator.dedup import canonical_url, entry_key, repeated_guids, text_hash
+from aggregator.dedup import (
+    BANDS,
+    MIN_WORDS_FOR_TEXT_MATCH,
+    PERMUTATIONS,
+    band_keys,
+    canonical_url,
+    containment,
+    entry_key,
+    is_near_duplicate,
+    jaccard,
+    minhash,
+    repeated_guids,
+    shingles,
+    text_hash,
+    text_profile,
+    text_shingles,
+)
 from aggregator.models import ParsedEntry
 
 
@@ -41,3 +62,101 @@ def test_text_hash_ignores_case_spacing_and_punctuation_but_not_short_texts() ->
     assert text_hash(words) == text_hash("  " + words.upper().replace(" ", " ,\n "))
     assert text_hash(words) != text_hash(words + " extra")
     assert text_hash("Read more on our site") is None
+
+
+# -- layer 4: near-duplicate texts -----------------------------------------------------------
+
+DEDUP = Path(__file__).parent / "data" / "dedup"
+
+
+def doc(name: str) -> str:
+    return (DEDUP / "docs" / f"{name}.txt").read_text(encoding="utf-8")
+
+
+def test_shingles_are_overlapping_word_runs() -> None:
+    assert shingles(["a", "b", "c", "d", "e", "f"], 5) == {"a b c d e", "b c d e f"}
+    assert shingles(["a", "b"], 5) == {"a b"}
+    assert shingles([], 5) == frozenset()
+
+
+def test_containment_and_jaccard() -> None:
+    small, large = frozenset("ab"), frozenset("abcd")
+    assert containment(small, large) == containment(large, small) == 1.0
+    assert jaccard(small, large) == 0.5
+    assert containment(frozenset(), large) == jaccard(frozenset(), frozenset()) == 0.0
+
+
+def test_texts_under_the_word_minimum_have_no_profile() -> None:
+    assert text_profile(" ".join(f"w{i}" for i in range(MIN_WORDS_FOR_TEXT_MATCH - 1))) is None
+    assert text_shingles(doc("brief-shares-up")) is None
+    profile = text_profile(" ".join(f"w{i}" for i in range(MIN_WORDS_FOR_TEXT_MATCH)))
+    assert profile is not None and len(profile.band_keys) == BANDS
+
+
+def test_signature_is_a_fixed_hash_family() -> None:
+    # Band keys are stored: they must not change between runs, processes or machines (the
+    # salted hash() would). A change here orphans every stored key: bump the version instead.
+    grams = shingles(["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "again"])
+    signature = minhash(grams)
+    assert len(signature) == PERMUTATIONS and all(0 <= value < 2**32 for value in signature)
+    assert signature[:4] == (223_830_273, 607_086_831, 638_747_188, 388_311_804)
+    keys = band_keys(signature)
+    assert all(-(2**63) <= key < 2**63 for key in keys) and len(set(keys)) == BANDS
+    assert keys[0] == 3_513_116_735_992_893_505
+
+
+def test_profiles_agree_across_processes_with_other_hash_seeds() -> None:
+    text = doc("haftar-wire")
+    script = "import sys; from aggregator import dedup; print(dedup.text_profile(sys.stdin.read()).band_keys)"
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    profile = text_profile(text)
+    assert profile is not None and outputs == {str(profile.band_keys)}
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "duplicate"),
+    [
+        ("haftar-wire", "haftar-herald", True),  # lead rewritten, paragraph dropped, credit added
+        ("fire-wire", "fire-metro", True),  # lead rewritten, cut to five paragraphs
+        ("flood-herald", "flood-metro", True),
+        ("probe-ledger", "probe-corrected", True),
+        ("fire-wire", "fire-updated", True),
+        ("fire-wire", "fire-other", False),  # same city, fire chief and background, other story
+        ("trial-wire", "trial-followup", False),  # quotes the first story
+        ("earnings-brightwave", "earnings-halvorsen", False),  # one template, other company
+        ("brief-quake-north", "brief-quake-south", False),
+    ],
+)
+def test_near_duplicate_texts(first: str, second: str, duplicate: bool) -> None:
+    a, b = text_profile(doc(first)), text_profile(doc(second))
+    assert a is not None and b is not None
+    found = bool(set(a.band_keys) & set(b.band_keys)) and is_near_duplicate(a.shingles, b.shingles)
+    assert found is duplicate
+
+
+def test_labelled_pairs_meet_the_targets() -> None:
+    from benchmarks.dedup_quality import evaluate
+
+    results = evaluate(DEDUP)
+    overall = results["splits"]["all"]
+    assert overall["pairs"] >= 200
+    assert overall["precision"] >= 0.99, results["wrong"]
+    assert overall["recall"] >= 0.95, results["wrong"]
+
+
+def test_scale_benchmark_runs_on_a_small_database(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from benchmarks.dedup_scale import main
+
+    argv = ["--max", "300", "--databases", "sqlite", "--probes", "10", "--workers", "1"]
+    assert main([*argv, "--dir", str(tmp_path)]) == 0
+    assert "| sqlite | 300 |" in capsys.readouterr().out

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import email
+import os
 from datetime import UTC, datetime, time
 from email.policy import default
+from pathlib import Path
 
 from aggregator.config import DigestSettings, FeedConfig
 from aggregator.digest import build_digest, render_html, render_message, render_text, summarise
@@ -119,3 +121,26 @@ def test_message_is_two_part_with_stable_id() -> None:
     html = render_html(digest)
     assert "Hello &amp; welcome" in html and 'style="' in html  # CSS inlined
     assert "prefers-color-scheme: dark" in html
+
+
+GOLDEN = Path(__file__).parent / "data" / "digests"
+
+
+def test_text_part_matches_the_golden_file() -> None:
+    """The plain-text part, byte for byte; UPDATE_GOLDEN=1 rewrites the file."""
+    articles = [
+        stored(1, "https://c.example/feed", "Tech story", text="A gadget was released. " * 30),
+        stored(2, "https://a.example/feed", "World story", text="Leaders met today. " * 40, hour=4),
+        stored(3, "https://b.example/feed", "World story (wire copy)", duplicate_of=2),
+    ]
+    digest = build_digest(articles, set(), FEEDS, SETTINGS, NOW)
+    assert digest is not None
+    message = render_message(digest, SETTINGS, NOW)
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    golden = GOLDEN / "basic.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+    headers = {k: v for k, v in message.items() if k not in ("Date", "Message-ID", "Content-Type")}
+    assert headers["Subject"] == "Your daily digest, 28 Nov 2026: 2 stories"
+    assert headers["List-Id"] == "daily digest <daily.digest.aggregator>"

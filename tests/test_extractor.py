@@ -75,3 +75,23 @@ def test_real_pages_mostly_recall_the_ground_truth() -> None:
         recalls.append(len(want & got) / max(1, len(want)))
     # A smoke check that extraction is wired right; quality is measured in benchmarks/.
     assert sum(recalls) / len(recalls) > 0.8
+
+
+@pytest.mark.skipif(
+    not (SHARED / "data/extraction/dev/ground-truth.json").exists(),
+    reason="../shared/data/extraction/dev is absent",
+)
+def test_extraction_quality_benchmark_scores_the_first_dev_pages() -> None:
+    from benchmarks.extraction_quality import evaluate, match
+
+    # The metric itself: a perfect prediction, a missing one, and half of the shingles.
+    assert match("one two three four five", "one two three four five") == (1.0, 0.0, 0.0)
+    assert match("one two three four five", None) == (0.0, 0.0, 1.0)
+    assert match("a b c d e", "a b c d") == (0.5, 0.0, 0.5)
+    results = evaluate(SHARED / "data/extraction/dev", limit=15)
+    assert results["pages"] == 15
+    ours = results["extractors"]["aggregator"]
+    # A smoke check that the benchmark and the extractor are wired; the real figures come from
+    # `python -m benchmarks.extraction_quality`, not from asserts.
+    assert ours["f1"] > 0.85 and ours["precision"] > 0.85 and ours["recall"] > 0.85
+    assert all(figures["ms_per_page"] > 0 for figures in results["extractors"].values())

@@ -88,3 +88,66 @@ def test_outbox_unwritable_is_a_delivery_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(DeliveryError, match="cannot write to outbox"):
         write_outbox(message(), blocker / "outbox", "x")
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA, and a certificate for 127.0.0.1 it signed: (ca, cert, key)."""
+    import trustme
+
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    ca = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(ca))
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certificate.cert_chain_pems[0].write_to_path(str(cert))
+    certificate.private_key_pem.write_to_path(str(key))
+    return ca, cert, key
+
+
+def _server_context(cert: Path, key: Path) -> Any:
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def test_starttls_with_login(tls_files: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    ca, cert, key = tls_files
+    sink = SmtpSink("127.0.0.1", free_port())
+    controller = Controller(
+        _Handler(sink),
+        hostname=sink.host,
+        port=sink.port,
+        tls_context=_server_context(cert, key),
+        require_starttls=True,
+        authenticator=_Authenticator(),
+    )
+    controller.start()
+    monkeypatch.setenv("AGGREGATOR_SMTP_PASSWORD", "s3cret")
+    try:
+        settings = SmtpSettings(host=sink.host, port=sink.port, starttls=True, username="me", ca_file=ca)
+        send_smtp(message(), settings)
+        # Without our CA the server's certificate is not trusted: a clear error, no mail.
+        with pytest.raises(DeliveryError, match="SMTP"):
+            send_smtp(message(), SmtpSettings(host=sink.host, port=sink.port, starttls=True))
+    finally:
+        controller.stop()
+    assert len(sink.envelopes) == 1
+
+
+def test_implicit_tls(tls_files: tuple[Path, Path, Path]) -> None:
+    ca, cert, key = tls_files
+    sink = SmtpSink("127.0.0.1", free_port())
+    controller = Controller(
+        _Handler(sink), hostname=sink.host, port=sink.port, ssl_context=_server_context(cert, key)
+    )
+    controller.start()
+    try:
+        send_smtp(
+            message(), SmtpSettings(host=sink.host, port=sink.port, ssl=True, starttls=False, ca_file=ca)
+        )
+    finally:
+        controller.stop()
+    assert len(sink.envelopes) == 1

@@ -1,22 +1,27 @@
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import func, select
 
 from aggregator.database import create_db_engine, migrate
-from aggregator.dedup import url_key
+from aggregator.dedup import BANDS, url_key
 from aggregator.errors import StorageError
 from aggregator.models import NewArticle
-from aggregator.schema import Base
+from aggregator.schema import ArticleBand, Base
 from aggregator.store import FetchRecord, Seen, Store
 
 from .conftest import free_port
 
 NOW = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
 LONG_TEXT = " ".join(f"word{i}" for i in range(80))
+DEDUP_DOCS = Path(__file__).parent / "data" / "dedup" / "docs"
+FEED_A, FEED_B, FEED_C = "https://a.example/feed", "https://b.example/feed", "https://c.example/feed"
 
 
 def article(key: str, url: str, text: str = "", feed: str = "https://a.example/feed") -> NewArticle:
@@ -154,3 +159,146 @@ def test_unreachable_database_is_a_storage_error() -> None:
 def test_bad_database_url_is_a_storage_error() -> None:
     with pytest.raises(StorageError):
         Store.open("not a url at all")
+
+
+# -- near-duplicate texts (layer 4) ----------------------------------------------------------
+
+
+def story(name: str) -> str:
+    """A text of the labelled near-duplicate set (tests/data/dedup/docs)."""
+    return (DEDUP_DOCS / f"{name}.txt").read_text(encoding="utf-8")
+
+
+def copy(key: str, name: str, feed: str, text: str | None = None) -> NewArticle:
+    """An article of ``feed`` at its own URL carrying the text ``name`` (or ``text``)."""
+    host = feed.split("/")[2]
+    return article(key, f"https://{host}/{key}", story(name) if text is None else text, feed=feed)
+
+
+def by_key(store: Store) -> dict[str, int | None]:
+    """Return url path -> duplicate_of, and url path + '#id' -> id, of every stored article."""
+    found: dict[str, int | None] = {}
+    for stored in store.list_articles():
+        key = stored.url.rsplit("/", 1)[1]
+        found[key], found[key + "#id"] = stored.duplicate_of, stored.id
+    return found
+
+
+def band_rows(store: Store) -> int:
+    with store.engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(ArticleBand)).scalar_one())
+
+
+def test_near_duplicate_in_another_feed_points_at_the_first_copy(database_url: str) -> None:
+    store = Store.open(database_url)
+    assert store_batch(store, FEED_A, [copy("a1", "haftar-wire", FEED_A)]) == (1, 0)
+    # A rewritten lead, a paragraph dropped and a credit line added; and another Haftar story.
+    added = store_batch(
+        store, FEED_B, [copy("b1", "haftar-herald", FEED_B), copy("b2", "haftar-other", FEED_B)]
+    )
+    assert added == (2, 1)
+    store.close()
+    # The band keys are in the database: a new process finds the story as well.
+    store = Store.open(database_url)
+    store_batch(store, FEED_C, [copy("c1", "haftar-metro", FEED_C), copy("c2", "haftar-followup", FEED_C)])
+    seen = by_key(store)
+    store.close()
+    assert seen["a1"] is None
+    assert seen["b1"] == seen["c1"] == seen["a1#id"]
+    assert seen["b2"] is None and seen["c2"] is None  # same subject and names, other stories
+
+
+def test_near_duplicates_within_one_batch_point_at_the_first(store: Store) -> None:
+    batch = [
+        copy("1", "fire-wire", FEED_A),
+        copy("2", "fire-other", FEED_A),
+        copy("3", "fire-herald", FEED_A),
+        copy("4", "fire-metro", FEED_A),
+        copy("5", "flood-wire", FEED_A),
+    ]
+    assert store_batch(store, FEED_A, batch) == (5, 2)
+    seen = by_key(store)
+    assert seen["3"] == seen["4"] == seen["1#id"]
+    assert seen["1"] is seen["2"] is seen["5"] is None
+
+
+def test_a_copy_in_the_batch_follows_the_first_copy_to_its_stored_story(store: Store) -> None:
+    # The first article's URL is stored already (with the feed's short text); the second carries
+    # nearly the first's text, not the stored one's: both belong to the stored story.
+    store_batch(store, FEED_A, [article("a1", "https://wire.example/flood", "Floods in the Vessel valley.")])
+    stored = store.list_articles()[0].id
+    full = article("b1", "https://wire.example/flood", story("flood-wire"), feed=FEED_B)
+    again = article("b2", "https://wire.example/flood?utm_source=x", story("flood-wire"), feed=FEED_B)
+    assert store_batch(store, FEED_B, [full, copy("b3", "flood-herald", FEED_B), again]) == (3, 3)
+    seen = by_key(store)
+    assert seen["b3"] == stored
+    assert {a.duplicate_of for a in store.list_articles() if a.id != stored} == {stored}
+
+
+def test_the_earliest_story_is_the_representative(store: Store) -> None:
+    paragraphs = story("fire-wire").split("\n\n")
+    first_half, second_half = "\n\n".join(paragraphs[:5]), "\n\n".join(paragraphs[5:])
+    store_batch(store, FEED_A, [copy("a1", "", FEED_A, first_half), copy("a2", "", FEED_A, second_half)])
+    seen = by_key(store)
+    assert seen["a1"] is seen["a2"] is None  # two halves: two stories
+    # The whole text holds both: it joins the earlier.
+    store_batch(store, FEED_B, [copy("b1", "fire-wire", FEED_B)])
+    assert by_key(store)["b1"] == seen["a1#id"]
+
+
+def test_short_texts_are_never_merged_on_text_alone(store: Store) -> None:
+    brief = story("brief-shares-up")
+    store_batch(store, FEED_A, [copy("a1", "", FEED_A, brief)])
+    store_batch(store, FEED_B, [copy("b1", "", FEED_B, brief.replace("4 percent", "4.2 percent"))])
+    assert [a.duplicate_of for a in store.list_articles()] == [None, None]
+    assert band_rows(store) == 0
+
+
+def test_band_keys_are_kept_for_each_text_but_not_for_exact_copies(store: Store) -> None:
+    store_batch(store, FEED_A, [copy("a1", "mine-wire", FEED_A), copy("a2", "mine-wire", FEED_A)])
+    assert band_rows(store) == BANDS
+    store_batch(store, FEED_B, [copy("b1", "mine-wire", FEED_B), copy("b2", "mine-ledger", FEED_B)])
+    assert band_rows(store) == 2 * BANDS
+    seen = by_key(store)
+    assert seen["a2"] == seen["b1"] == seen["b2"] == seen["a1#id"]
+
+
+def test_a_story_carried_by_many_feeds_is_found_past_the_candidate_limit(store: Store) -> None:
+    names = ["wire", "ledger", "herald", "metro", "corrected", "updated"]
+    for number in range(3):  # 18 stored copies of one story, each with its band keys
+        feed = f"https://f{number}.example/feed"
+        batch = [
+            copy(f"{number}-{name}", "", feed, story(f"summit-{name}") + f" Carried by outlet {number}.")
+            for name in names
+        ]
+        store_batch(store, feed, batch)
+    assert band_rows(store) == 18 * BANDS
+    store_batch(store, FEED_A, [copy("late", "summit-metro", FEED_A)])
+    seen = by_key(store)
+    first = seen["0-wire#id"]
+    assert seen["late"] == first
+    assert sum(value == first for key, value in seen.items() if "#" not in key) == 18
+
+
+def test_copies_stored_at_once_by_two_processes_are_one_story(database_url: str) -> None:
+    # Two connections, as two worker processes have: the second copy's transaction waits for
+    # the first's, then sees its band keys.
+    first, second = Store.open(database_url), Store.open(database_url)
+    outcome: list[tuple[int, int]] = []
+
+    def store_second() -> None:
+        outcome.append(store_batch(second, FEED_B, [copy("b1", "mine-herald", FEED_B)]))
+
+    thread = threading.Thread(target=store_second)
+    try:
+        with first._writing() as session:
+            feed_id = first._feed_row(session, FEED_A, NOW).id
+            assert first._insert_articles(session, feed_id, [copy("a1", "mine-wire", FEED_A)], NOW) == (1, 0)
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive()  # waiting for the first transaction
+        thread.join(30)
+        assert outcome == [(1, 1)]
+    finally:
+        first.close()
+        second.close()

@@ -1,0 +1,341 @@
+"""Near-duplicate lookup and insertion cost with 10k, 100k and 1M stored articles.
+
+    python -m benchmarks.dedup_scale [--max N] [--databases sqlite,postgresql] [--postgres URL]
+                                     [--dir DIR] [--probes N] [--workers N] [--json]
+
+The database is filled with synthetic articles (about 200 words each, drawn from a Zipf-like
+vocabulary of 30,000 made-up words, so two texts share few shingles, as two real stories do);
+one in ten is a near-duplicate of an earlier one (a paragraph dropped, a sentence added, a few
+words changed). Filling goes straight to the tables (articles and their ``dedup.text_profile``
+band keys, computed in ``--workers`` processes) so that a million articles take minutes, not
+hours. At each size up to ``--max`` (10k, 100k, 1M; or ``--max`` itself when it is smaller):
+
+- lookup: the time of the near-duplicate lookup of one new article, as ``Store._insert_articles``
+  runs it (``store._stored_near_duplicates``: the band-key query, the candidates' texts, the
+  verification), for ``--probes`` articles, half near-duplicates of stored ones and half new
+  stories; p50, p95 and p99 in milliseconds, and how many probes found their story;
+- insertion: ``Store.store_refresh`` of batches of 10 new articles (half near-duplicates), the
+  whole write transaction, in milliseconds per article (mean and p95 per batch);
+- size: band-key rows, and the on-disk size of the ``article_bands`` table with its index (SQLite:
+  its pages in ``dbstat``; PostgreSQL: ``pg_total_relation_size``).
+
+PostgreSQL runs in a schema of its own in the database at ``--postgres`` (default:
+``$AGGREGATOR_TEST_POSTGRES_URL``), dropped at the end; SQLite in a file under ``--dir``
+(default: a temporary folder), deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.orm import Session
+
+from aggregator import dedup
+from aggregator.models import NewArticle
+from aggregator.schema import Article, ArticleBand, Feed
+from aggregator.store import FetchRecord, Store, _stored_near_duplicates
+
+SIZES = (10_000, 100_000, 1_000_000)
+VOCABULARY = 30_000
+FEEDS = 200
+CHUNK = 5_000
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+class Corpus:
+    """Deterministic synthetic articles: article ``n`` is the same text in every run."""
+
+    def __init__(self, seed: int = 20261128) -> None:
+        rng = random.Random(seed)
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        words: set[str] = set()
+        while len(words) < VOCABULARY:
+            words.add("".join(rng.choice(letters) for _ in range(rng.randint(2, 10))))
+        self.words = sorted(words)
+        self.weights = list(itertools.accumulate(1 / (rank + 10) for rank in range(VOCABULARY)))
+        self.seed = seed
+
+    def story(self, number: int) -> str:
+        """Return a new story of 3 to 6 paragraphs."""
+        rng = random.Random(self.seed * 1_000_003 + number)
+        return "\n\n".join(
+            " ".join(rng.choices(self.words, cum_weights=self.weights, k=rng.randint(30, 60)))
+            for _ in range(rng.randint(3, 6))
+        )
+
+    def near_copy(self, original: str, number: int) -> str:
+        """Return ``original`` with a paragraph dropped (if it has four), a line added, words changed."""
+        rng = random.Random(self.seed * 7_000_003 + number)
+        paragraphs = original.split("\n\n")
+        if len(paragraphs) > 3:
+            del paragraphs[rng.randrange(1, len(paragraphs))]
+        words = " ".join(paragraphs).split(" ")
+        for _ in range(3):
+            words[rng.randrange(len(words))] = rng.choice(self.words)
+        extra = " ".join(rng.choices(self.words, cum_weights=self.weights, k=12))
+        return " ".join(words) + "\n\n" + extra
+
+    def text(self, number: int) -> str:
+        """Return article ``number``: every tenth nearly copies an earlier one."""
+        if number % 10 == 9 and number > 10:
+            return self.near_copy(self.story(number - 1 - number % 97), number)
+        return self.story(number)
+
+
+_corpus: Corpus | None = None
+
+
+def _profiles(numbers: range) -> list[tuple[int, str, tuple[int, ...] | None]]:
+    global _corpus
+    _corpus = _corpus or Corpus()
+    out = []
+    for number in numbers:
+        body = _corpus.text(number)
+        profile = dedup.text_profile(body)
+        out.append((number, body, profile.band_keys if profile else None))
+    return out
+
+
+def _ranges(start: int, stop: int, size: int) -> Iterator[range]:
+    for first in range(start, stop, size):
+        yield range(first, min(first + size, stop))
+
+
+def fill(store: Store, start: int, stop: int, pool: ProcessPoolExecutor) -> None:
+    """Store articles ``start`` to ``stop - 1`` with their band keys, straight into the tables."""
+    with Session(store.engine) as session, session.begin():
+        feed_ids = list(session.scalars(select(Feed.id).order_by(Feed.id)))
+        if not feed_ids:
+            rows = [{"url": f"https://f{i}.bench.example/feed", "created_at": NOW} for i in range(FEEDS)]
+            feed_ids = list(
+                session.scalars(insert(Feed).returning(Feed.id, sort_by_parameter_order=True), rows)
+            )
+    for chunk in _ranges(start, stop, CHUNK):
+        made = list(itertools.chain.from_iterable(pool.map(_profiles, _ranges(chunk.start, chunk.stop, 250))))
+        values = [
+            {
+                "feed_id": feed_ids[number % FEEDS],
+                "entry_key": f"e{number}",
+                "url": f"https://bench.example/{number}",
+                "url_key": dedup.url_key(f"https://bench.example/{number}"),
+                "title": f"Story {number}",
+                "first_seen": NOW,
+                "summary": "",
+                "text": body,
+                "html": "",
+                "extraction": "page",
+                "content_hash": dedup.text_hash(body),
+            }
+            for number, body, _ in made
+        ]
+        with Session(store.engine) as session, session.begin():
+            ids = session.scalars(
+                insert(Article).returning(Article.id, sort_by_parameter_order=True), values
+            ).all()
+            bands = sorted(
+                (key, article_id)
+                for (_, _, keys), article_id in zip(made, ids, strict=True)
+                for key in dict.fromkeys(keys or ())
+            )
+            session.execute(insert(ArticleBand), [{"band_key": k, "article_id": a} for k, a in bands])
+
+
+@dataclass
+class Measured:
+    database: str
+    size: int
+    lookup_p50: float
+    lookup_p95: float
+    lookup_p99: float
+    found: str
+    insert_ms_per_article: float
+    insert_batch_p95: float
+    band_rows: int
+    disk_mb: float
+
+    def row(self) -> str:
+        return (
+            f"| {self.database} | {self.size:,} | {self.lookup_p50:.2f} | {self.lookup_p95:.2f} | "
+            f"{self.lookup_p99:.2f} | {self.found} | {self.insert_ms_per_article:.2f} | "
+            f"{self.insert_batch_p95:.1f} | {self.band_rows:,} | {self.disk_mb:,.0f} |"
+        )
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def measure(store: Store, database: str, size: int, probes: int, corpus: Corpus, batch_base: int) -> Measured:
+    """Time lookups and insertions against the ``size`` articles stored."""
+    rng = random.Random(size)
+    cases = []
+    for index in range(probes):
+        if index % 2:
+            original = rng.randrange(size)
+            cases.append((corpus.near_copy(corpus.text(original), 10**9 + index), True))
+        else:
+            cases.append((corpus.story(2 * 10**9 + size + index), False))
+    timings, found = [], 0
+    with Session(store.engine) as session:
+        _stored_near_duplicates(session, [dedup.text_profile(cases[0][0])])  # warm-up
+        for body, is_copy in cases:
+            profile = dedup.text_profile(body)
+            started = time.perf_counter()
+            (representative,) = _stored_near_duplicates(session, [profile])
+            timings.append(1000 * (time.perf_counter() - started))
+            found += is_copy and representative is not None
+            session.rollback()
+    batches = []
+    feed = "https://new.bench.example/feed"
+    for batch in range(20):
+        articles = []
+        for index in range(10):
+            number = batch_base + batch * 10 + index
+            body = (
+                corpus.near_copy(corpus.text(rng.randrange(size)), number)
+                if index % 2
+                else corpus.story(number)
+            )
+            url = f"https://new.bench.example/{number}"
+            articles.append(
+                NewArticle(
+                    feed, f"n{number}", url, "t", None, NOW, "", body, "", "page", dedup.text_hash(body)
+                )
+            )
+        record = FetchRecord(200, None, None, "Bench", None, NOW, NOW)
+        started = time.perf_counter()
+        store.store_refresh(feed, articles, record)
+        batches.append(1000 * (time.perf_counter() - started))
+    with Session(store.engine) as session:
+        rows = session.scalar(select(func.count()).select_from(ArticleBand)) or 0
+        if database == "sqlite":
+            disk = session.scalar(text("SELECT sum(pgsize) FROM dbstat WHERE name = 'article_bands'")) or 0
+        else:
+            disk = session.scalar(text("SELECT pg_total_relation_size('article_bands')")) or 0
+    return Measured(
+        database,
+        size,
+        statistics.median(timings),
+        _percentile(timings, 0.95),
+        _percentile(timings, 0.99),
+        f"{found}/{probes // 2}",
+        statistics.fmean(batches) / 10,
+        _percentile(batches, 0.95),
+        rows,
+        disk / 2**20,
+    )
+
+
+def _postgres_schema(admin_url: str) -> tuple[str, str]:
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in admin_url else "?"
+    return schema, f"{admin_url}{separator}options=-csearch_path%3D{schema}"
+
+
+def _drop_schema(admin_url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def run(
+    sizes: list[int], databases: list[str], postgres: str | None, folder: Path, probes: int, workers: int
+) -> list[Measured]:
+    """Fill each database to each size in turn and measure there."""
+    corpus = Corpus()
+    results = []
+    for database in databases:
+        schema = None
+        if database == "sqlite":
+            url = f"sqlite:///{folder / f'dedup-scale-{os.getpid()}.db'}"
+        else:
+            if not postgres:
+                print("skipping PostgreSQL: no --postgres URL", file=sys.stderr)
+                continue
+            schema, url = _postgres_schema(postgres)
+        store = Store.open(url)
+        try:
+            stored = 0
+            with ProcessPoolExecutor(workers) as pool:
+                for size in sizes:
+                    started = time.perf_counter()
+                    fill(store, stored, size, pool)
+                    print(
+                        f"{database}: filled to {size:,} in {time.perf_counter() - started:.0f} s",
+                        file=sys.stderr,
+                    )
+                    stored = size  # plus the 200 that each measurement inserts
+                    if database == "postgresql":
+                        with store.engine.connect() as connection:
+                            connection.execute(text("ANALYZE"))
+                            connection.commit()
+                    results.append(measure(store, database, size, probes, corpus, 3 * 10**9 + size))
+                    print(results[-1].row(), file=sys.stderr)
+        finally:
+            store.close()
+            if schema and postgres:
+                _drop_schema(postgres, schema)
+            elif database == "sqlite":
+                for suffix in ("", "-wal", "-shm", ".write-lock"):
+                    Path(str(store.engine.url.database) + suffix).unlink(missing_ok=True)
+    return results
+
+
+def table(results: list[Measured]) -> str:
+    """Return the results as a Markdown table."""
+    lines = [
+        "| database | stored | lookup p50 ms | p95 ms | p99 ms | copies found | insert ms/article "
+        "| batch p95 ms | band rows | article_bands MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join([*lines, *(m.row() for m in results)]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.dedup_scale",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--max", type=int, default=SIZES[-1], help="largest size (default: %(default)s)")
+    parser.add_argument("--databases", default="sqlite,postgresql", help="default: %(default)s")
+    parser.add_argument("--postgres", default=os.environ.get("AGGREGATOR_TEST_POSTGRES_URL"))
+    parser.add_argument("--dir", type=Path, default=None, help="folder for the SQLite file")
+    parser.add_argument("--probes", type=int, default=400, help="lookups timed per size")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for filling")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    sizes = [size for size in SIZES if size <= args.max] or [args.max]
+    databases = [name.strip() for name in args.databases.split(",") if name.strip()]
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        results = run(sizes, databases, args.postgres, Path(folder), args.probes, args.workers)
+    if args.json:
+        print(json.dumps([vars(m) for m in results], indent=2))
+    else:
+        print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
