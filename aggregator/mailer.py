@@ -18,9 +18,7 @@ from aggregator.errors import DeliveryError
 def send_smtp(message: EmailMessage, settings: SmtpSettings) -> None:
     """Send ``message`` through the SMTP server; raise DeliveryError with a one-line reason."""
     timeout = settings.timeout.total_seconds()
-    context = ssl.create_default_context(
-        cafile=str(settings.ca_file) if settings.ca_file else None
-    )
+    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
     password = settings.password()
     sender = parseaddr(str(message["From"]))[1]
     recipients = [parseaddr(a.strip())[1] for a in str(message["To"]).split(",") if a.strip()]

@@ -141,8 +141,10 @@ def check_digest_email(
         "Also in: Libyan Gazette <" in text and ">Libyan Gazette</a>" in html
     )
     # the summary comes from the full text of whichever copy leads the story
-    assert ("A meeting between General Khalifa Haftar" in text
-            or "Libyan military commander Khalifa Haftar held talks" in text)
+    assert (
+        "A meeting between General Khalifa Haftar" in text
+        or "Libyan military commander Khalifa Haftar held talks" in text
+    )
     assert text.index("== World ==") < text.index("== Full Content Blog ==")
     for bad in ("<script", "onclick", "javascript:"):
         assert bad not in html
