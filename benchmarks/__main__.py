@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import fetch
+from benchmarks import dedup_quality, digest_render, extraction_quality, extraction_speed, fetch
 from benchmarks.report import machine_summary, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +41,20 @@ def main(argv: list[str] | None = None) -> int:
         rows = fetch.run([1000], [0, 50], peers=not args.no_peers)
         # At 10,000 feeds rss2email and newsboat take many minutes: the bare loop only.
         rows += fetch.run([10_000], [50], peers=not args.no_peers, rss2email_max=0, newsboat_max=0)
+    blocks = {"machine": machine_summary(command), "fetch": fetch.table(rows)}
+    data = extraction_quality.DEFAULT_DATA
+    if data.is_dir():
+        quality = extraction_quality.evaluate(data, limit=5 if args.quick else None)
+        blocks["extraction-quality"] = extraction_quality.table(quality)
+        if not args.quick:
+            blocks["extraction-speed"] = extraction_speed.table(extraction_speed.run(data))
+    else:
+        print(f"skipped the extraction benchmarks: {data} is absent", file=sys.stderr)
+    blocks["dedup-quality"] = dedup_quality.table(dedup_quality.evaluate())
+    blocks["digest"] = digest_render.table([100] if args.quick else [1000, 10_000])
     report = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-    report = replace_block(report, "machine", machine_summary(command))
-    report = replace_block(report, "fetch", fetch.table(rows))
+    for name, body in blocks.items():
+        report = replace_block(report, name, body)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report, encoding="utf-8")
     print(f"updated {args.output}", file=sys.stderr)
