@@ -127,7 +127,6 @@ def build_digest(
     representative was sent in an earlier digest is covered but not shown again.
     """
     names = {f.url: f.display_name for f in feeds}
-    by_id = {a.id: a for a in articles}
     stories: dict[int, list[StoredArticle]] = {}
     covered: list[int] = []
     wanted = _filter(feeds, settings)
@@ -141,8 +140,10 @@ def build_digest(
         stories.setdefault(root, []).append(article)
     zone = settings.zone
     items: list[tuple[str, DigestItem]] = []
-    for root, copies in stories.items():
-        lead = by_id.get(root) or copies[0]
+    for copies in stories.values():
+        # The story is led by its earliest published copy (usually the original publisher's,
+        # whichever feed happened to be stored first).
+        lead = min(copies, key=lambda c: (c.published or c.first_seen, c.id))
         others = [c for c in copies if c.id != lead.id]
         items.append((lead.feed_url, _item(lead, others, names, zone)))
     if not items and not settings.send_empty:
