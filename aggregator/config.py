@@ -334,6 +334,8 @@ class Settings(_Section):
     database_url: str = "sqlite:///data/aggregator.db"
     feeds_file: Path = Path("feeds.yaml")
     outbox_dir: Path = Path("data/outbox")
+    # Articles older than this are deleted, except those still waiting for a digest.
+    retention_days: int = Field(90, ge=1, le=36500)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     extract: ExtractSettings = Field(default_factory=ExtractSettings)
     digest: DigestSettings = Field(default_factory=lambda: DigestSettings())

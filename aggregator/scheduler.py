@@ -131,6 +131,14 @@ class Service:
         scheduler.add_job(
             self._heartbeat, "interval", seconds=15, next_run_time=datetime.now(UTC), id="heartbeat"
         )
+        scheduler.add_job(
+            self._retention_job,
+            "interval",
+            args=[store],
+            hours=6,
+            next_run_time=datetime.now(UTC) + timedelta(minutes=5),
+            id="retention",
+        )
         if self.config_path is not None:
             scheduler.add_job(
                 self._reload_job,
@@ -222,6 +230,16 @@ class Service:
             return
         if report.digest is not None:
             log.info("digest delivered items=%d to=%s", report.digest.count, report.destination)
+
+    async def _retention_job(self, store: Store) -> None:
+        before = self.clock() - timedelta(days=self.settings.retention_days)
+        try:
+            deleted = await asyncio.to_thread(store.delete_old_articles, before, self.settings.digest.name)
+        except StorageError as exc:
+            log.error("retention skipped: %s", exc)
+            return
+        if deleted:
+            log.info("retention deleted=%d older_than_days=%d", deleted, self.settings.retention_days)
 
     async def _reload_job(self, pipeline: Pipeline) -> None:
         """Apply edits of aggregator.yaml / feeds.yaml; a bad edit keeps the last good config."""

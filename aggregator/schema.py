@@ -116,8 +116,8 @@ class ArticleBand(Base):
 
     Kept for every article whose text can be matched, except exact copies of a stored text. The
     primary key (band_key, article_id) is the lookup index; on SQLite the table is WITHOUT ROWID,
-    so that index is the whole table. No index by article: nothing deletes articles today; one
-    must be added before anything does, or each cascading delete scans the table.
+    so that index is the whole table. The index by article serves the cascading deletes of
+    retention.
     """
 
     __tablename__ = "article_bands"
@@ -125,7 +125,10 @@ class ArticleBand(Base):
 
     band_key: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     article_id: Mapped[int] = mapped_column(
-        ForeignKey("articles.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+        ForeignKey("articles.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+        index=True,
     )
 
 

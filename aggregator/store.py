@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Engine, exists, func, insert, or_, select, text, update
+from sqlalchemy import Engine, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from aggregator.database import create_db_engine, migrate
 from aggregator.dedup import TextProfile, is_near_duplicate, text_profile, text_shingles, url_key
@@ -631,6 +631,44 @@ class Store:
             run = session.get(DigestRun, run_id)
             if run is not None:
                 run.status, run.sent_at = "sent", now
+
+    def delete_old_articles(self, before: datetime, digest_name: str) -> int:
+        """Delete articles first seen before ``before``; return how many.
+
+        Kept: articles still waiting for the digest (no delivered run covers them), and the
+        representatives of copies that are kept (a deleted representative would make a copy
+        look like a new story).
+        """
+        delivered = (
+            select(DigestItem.article_id)
+            .join(DigestRun, DigestRun.id == DigestItem.run_id)
+            .where(DigestRun.digest_name == digest_name, DigestRun.status == "sent")
+        )
+        kept_copy = aliased(Article)
+        doomed = (
+            select(Article.id)
+            .where(Article.first_seen < before)
+            .where(Article.id.in_(delivered))
+            .where(
+                ~exists(
+                    select(kept_copy.id).where(
+                        kept_copy.duplicate_of == Article.id, kept_copy.first_seen >= before
+                    )
+                )
+            )
+        )
+        with self._writing() as session:
+            ids = list(session.scalars(doomed))
+            for numbers in _chunks(ids):
+                # The database cascades to digest items and band keys; copies of a deleted
+                # representative that are deleted too go in the same statement.
+                session.execute(
+                    update(Article).where(Article.duplicate_of.in_(numbers)).values(duplicate_of=None)
+                )
+                session.execute(delete(DigestItem).where(DigestItem.article_id.in_(numbers)))
+                session.execute(delete(ArticleBand).where(ArticleBand.article_id.in_(numbers)))
+                session.execute(delete(Article).where(Article.id.in_(numbers)))
+        return len(ids)
 
     def note_digest_error(self, run_id: int, error: str) -> None:
         """Record a temporary delivery failure; the run stays pending."""

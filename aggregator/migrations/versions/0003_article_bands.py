@@ -30,7 +30,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("band_key", "article_id", name=op.f("pk_article_bands")),
         sqlite_with_rowid=False,
     )
+    op.create_index(
+        op.f("ix_article_bands_article_id"), "article_bands", ["article_id"], unique=False
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_article_bands_article_id"), table_name="article_bands")
     op.drop_table("article_bands")
