@@ -273,6 +273,18 @@ class ServiceSettings(_Section):
 
     heartbeat_file: Path = Path("/tmp/aggregator.heartbeat")
     check_every: Duration = timedelta(seconds=30)
+    # host:port for /healthz and /metrics (e.g. 127.0.0.1:8080); none when empty.
+    http: str | None = None
+
+    @field_validator("http")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port, like 127.0.0.1:8080")
+        return value
 
 
 class FeedConfig(_Section):

@@ -12,12 +12,14 @@ import logging
 import multiprocessing
 import os
 import random
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from aggregator import metrics
 from aggregator.config import FeedConfig, Settings
 from aggregator.errors import FetchError, StorageError
 from aggregator.fetcher import PAGE_ACCEPT, Fetcher
@@ -62,6 +64,14 @@ class Pipeline:
 
         async def one(feed: FeedConfig) -> RefreshOutcome:
             outcome = await self._refresh_one(feed, states.get(feed.url))
+            kind = (
+                "not_modified"
+                if outcome.not_modified
+                else ("ok" if outcome.ok else outcome.error_kind or "error")
+            )
+            metrics.count("aggregator_fetches_total", outcome=kind)
+            metrics.count("aggregator_articles_stored_total", outcome.new_articles)
+            metrics.count("aggregator_duplicates_total", outcome.duplicates)
             if on_done is not None:
                 on_done(outcome)
             return outcome
@@ -166,6 +176,7 @@ class Pipeline:
             log.info("page is not HTML url=%s content_type=%s", url, content_type)
             return None, result.final_url
         limit = self.settings.extract.timeout.total_seconds()
+        started = time.monotonic()
         try:
             # The worker gives up at the limit itself; this wait is the backstop for a worker
             # stuck in C code that the alarm cannot interrupt.
@@ -175,6 +186,9 @@ class Pipeline:
         except TimeoutError:
             log.warning("extraction timed out url=%s limit=%ss", url, limit)
             return None, result.final_url
+        finally:
+            metrics.count("aggregator_extraction_seconds_total", time.monotonic() - started)
+        metrics.count("aggregator_extractions_total", result="page" if page else "none")
         if page is None:
             log.info("no article text extracted url=%s", url)
         return page, result.final_url

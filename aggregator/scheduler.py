@@ -21,7 +21,9 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
+from aggregator import metrics, ops
 from aggregator.config import Settings, load_settings
 from aggregator.database import normalise_url
 from aggregator.delivery import send_digest
@@ -165,9 +167,20 @@ class Service:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal, sig)
         scheduler.start()
+        ops_server = None
+        if settings.service.http:
+            ops_server = await ops.serve(
+                settings.service.http,
+                {
+                    "/healthz": lambda: self._healthz(store),
+                    "/metrics": lambda: self._metrics(store),
+                },
+            )
         try:
             await self._stopping.wait()
         finally:
+            if ops_server is not None:
+                ops_server.close()
             scheduler.shutdown(wait=False)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -210,6 +223,7 @@ class Service:
         try:
             report = await asyncio.to_thread(send_digest, store, self.settings, self.clock())
         except DeliveryError as exc:
+            metrics.count("aggregator_digest_deliveries_total", result="failed")
             if exc.temporary and self._scheduler is not None and not self._stopping.is_set():
                 # The SMTP server is down or busy: try again later today, not only tomorrow.
                 delay = min(DIGEST_RETRY_FIRST * 2**retry, DIGEST_RETRY_MAX)
@@ -228,8 +242,46 @@ class Service:
         except AggregatorError as exc:
             log.error("digest not delivered: %s (its articles wait for the next digest)", exc)
             return
+        metrics.count(
+            "aggregator_digest_deliveries_total", result="sent" if report.digest is not None else "empty"
+        )
         if report.digest is not None:
             log.info("digest delivered items=%d to=%s", report.digest.count, report.destination)
+
+    async def _healthz(self, store: Store) -> tuple[int, str, str]:
+        running = self._scheduler is not None and self._scheduler.running
+        try:
+            failing, last = await asyncio.to_thread(store.health, [f.url for f in self.settings.feeds])
+            database = "ok"
+        except (StorageError, SQLAlchemyError) as exc:
+            failing, last, database = 0, None, f"unreachable: {type(exc).__name__}"
+        healthy = running and database == "ok"
+        return ops.json_response(
+            200 if healthy else 503,
+            {
+                "status": "ok" if healthy else "unhealthy",
+                "scheduler": "running" if running else "stopped",
+                "database": database,
+                "last_successful_fetch": last.isoformat() if last else None,
+                "feeds": len(self.settings.feeds),
+                "feeds_in_error": failing,
+            },
+        )
+
+    async def _metrics(self, store: Store) -> tuple[int, str, str]:
+        try:
+            failing, last = await asyncio.to_thread(store.health, [f.url for f in self.settings.feeds])
+        except (StorageError, SQLAlchemyError):
+            failing, last = -1, None
+        gauges = {
+            "aggregator_feeds": ("Feeds configured.", float(len(self.settings.feeds))),
+            "aggregator_feeds_in_error": ("Feeds whose last poll failed.", float(failing)),
+            "aggregator_last_successful_fetch_timestamp_seconds": (
+                "When a feed was last fetched successfully (Unix time).",
+                last.timestamp() if last else 0.0,
+            ),
+        }
+        return 200, "text/plain; version=0.0.4", metrics.render(gauges)
 
     async def _retention_job(self, store: Store) -> None:
         before = self.clock() - timedelta(days=self.settings.retention_days)

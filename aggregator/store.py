@@ -670,6 +670,15 @@ class Store:
                 session.execute(delete(Article).where(Article.id.in_(numbers)))
         return len(ids)
 
+    def health(self, urls: Sequence[str]) -> tuple[int, datetime | None]:
+        """Return (feeds of ``urls`` failing now, the last successful fetch of any feed)."""
+        with self._session() as session:
+            failing = session.scalar(
+                select(func.count(Feed.id)).where(Feed.url.in_(list(urls)), Feed.consecutive_failures > 0)
+            )
+            last = session.scalar(select(func.max(Feed.last_success_at)))
+        return int(failing or 0), last
+
     def note_digest_error(self, run_id: int, error: str) -> None:
         """Record a temporary delivery failure; the run stays pending."""
         with self._writing() as session:

@@ -302,3 +302,52 @@ def test_run_picks_up_config_edits_and_survives_a_bad_one(
     assert "config not reloaded, the last good one stays in force" in err
     assert "feeds.yaml" in err
     assert "config reloaded feeds=2 added=1" in err
+
+
+def test_run_serves_healthz_and_metrics(
+    httpserver: HTTPServer, write_config: ConfigWriter, tmp_path: Path
+) -> None:
+    import httpx
+
+    feed_url = serve(httpserver, "/feed", "feeds/full-content.rss", "application/rss+xml")
+    httpserver.expect_request("/broken").respond_with_data("nope", status=500)
+    port = free_port()
+    config = write_config(
+        feeds=[{"url": feed_url, "full_text": False}, {"url": httpserver.url_for("/broken")}],
+        service={"check_every": "1s", "http": f"127.0.0.1:{port}"},
+    )
+    env = {**os.environ, "AGGREGATOR_SERVICE_HEARTBEAT_FILE": str(tmp_path / "hb")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def metrics_text() -> str:
+        try:
+            return httpx.get(f"{base}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return ""
+
+    try:
+        assert _wait_for(lambda: 'aggregator_fetches_total{outcome="http"} 1' in metrics_text(), 30)
+        text = metrics_text()
+        assert 'aggregator_fetches_total{outcome="ok"} 1' in text
+        assert "aggregator_articles_stored_total 2" in text
+        assert "aggregator_feeds_in_error 1" in text
+        health = httpx.get(f"{base}/healthz", timeout=2)
+        assert health.status_code == 200
+        body = health.json()
+        assert body["scheduler"] == "running" and body["database"] == "ok"
+        assert body["last_successful_fetch"] and body["feeds_in_error"] == 1
+        assert httpx.get(f"{base}/nope", timeout=2).status_code == 404
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
