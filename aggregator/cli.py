@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--output", metavar="FILE", help="write a preview (.eml or .html); marks nothing as sent"
     )
+    digest.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the digest to build or send (of digests:); default: the first for "
+        "a preview, every one for --send",
+    )
     digest.add_argument("--since", metavar="ISO8601", help="only articles first seen at or after this time")
 
     feeds = sub.add_parser("feeds", parents=[common], help="show each feed's status")
@@ -225,21 +231,34 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_digest(args: argparse.Namespace) -> int:
     from aggregator.delivery import prepare_digest, send_digest
     from aggregator.digest import fit, render_message, render_text
+    from aggregator.errors import DeliveryError
     from aggregator.store import Store
 
     settings = _settings(args)
     since = _parse_time(args.since, "--since") if args.since else None
+    chosen = settings.digest_named(args.name)
     store = Store.open(settings.database_url)
     now = datetime.now(UTC)
     try:
         if args.send:
-            report = send_digest(store, settings, now, since)
-            if report.digest is None:
-                print("nothing new to send")
-            else:
-                print(f"sent digest with {report.digest.count} stories to {report.destination}")
-            return 0
-        digest = prepare_digest(store, settings, now, since)
+            # Without --name, every configured digest; one failing does not stop the others.
+            targets = [chosen] if args.name else list(settings.all_digests)
+            failed: DeliveryError | None = None
+            for target in targets:
+                label = f"{target.name} digest" if len(targets) > 1 else "digest"
+                try:
+                    report = send_digest(store, settings, now, since, digest=target)
+                except DeliveryError as exc:
+                    where = f"{label}: " if len(targets) > 1 else ""
+                    print(f"aggregator: {where}{exc}", file=sys.stderr)
+                    failed = exc
+                    continue
+                if report.digest is None:
+                    print(f"{label}: nothing new to send" if len(targets) > 1 else "nothing new to send")
+                else:
+                    print(f"sent {label} with {report.digest.count} stories to {report.destination}")
+            return 1 if failed else 0
+        digest = prepare_digest(store, settings, now, since, chosen)
     finally:
         store.close()
     if digest is None:
@@ -248,15 +267,14 @@ def cmd_digest(args: argparse.Namespace) -> int:
     if args.output:
         path = Path(args.output)
         if path.suffix.lower() == ".eml":
-            data = render_message(digest, settings.digest, now).as_bytes()
-            _write(path, data)
+            _write(path, render_message(digest, chosen, now).as_bytes())
         elif path.suffix.lower() in (".html", ".htm"):
-            _write(path, fit(digest, settings.digest.max_html_bytes)[1].encode("utf-8"))
+            _write(path, fit(digest, chosen.max_html_bytes)[1].encode("utf-8"))
         else:
             raise ConfigError(f"--output {path}: use a .eml or .html file name")
         print(f"wrote preview of {digest.count} stories to {path} (nothing marked sent)")
         return 0
-    sys.stdout.write(render_text(fit(digest, settings.digest.max_html_bytes)[0]))
+    sys.stdout.write(render_text(fit(digest, chosen.max_html_bytes)[0]))
     return 0
 
 
@@ -267,7 +285,9 @@ def cmd_feeds(args: argparse.Namespace) -> int:
     store = Store.open(settings.database_url)
     try:
         statuses = store.feed_statuses([(f.url, f.display_name) for f in settings.feeds])
-        failure = store.last_digest_failure(settings.digest.name)
+        failures = [
+            (d.name, f) for d in settings.all_digests if (f := store.last_digest_failure(d.name)) is not None
+        ]
     finally:
         store.close()
     if args.json:
@@ -279,8 +299,8 @@ def cmd_feeds(args: argparse.Namespace) -> int:
         return 0
     if not statuses:
         print(f"no feeds configured in {settings.feeds_file}")
-    if failure is not None:
-        print(f"digest {settings.digest.name}: NOT DELIVERED at {_human(failure[0])}: {failure[1]}\n")
+    for name, (when, why) in failures:
+        print(f"digest {name}: NOT DELIVERED at {_human(when)}: {why}\n")
     for s in statuses:
         if s.gone:
             state = "GONE (HTTP 410): no longer polled"
@@ -432,7 +452,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     )
     print(
         f"{source}: OK; {len(settings.feeds)} feeds from {settings.feeds_file}; "
-        f"digest at {settings.digest.send_at:%H:%M} {settings.digest.timezone} via {delivery}"
+        + "; ".join(f"{d.name} digest {d.schedule_label}" for d in settings.all_digests)
+        + f" via {delivery}"
     )
     return 0
 

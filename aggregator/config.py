@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from datetime import time, timedelta
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -45,6 +45,7 @@ ENV_PREFIX = "AGGREGATOR_"
 # Variables with this prefix that are not settings (they configure the CLI or the tests).
 _NON_SETTING_ENV = {"CONFIG", "SMTP_PASSWORD", "TEST_POSTGRES_URL", "LOG_FORMAT", "LOG_LEVEL"}
 
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b|b)?\s*$", re.IGNORECASE)
@@ -166,6 +167,8 @@ class DigestSettings(_Section):
     """The daily email digest."""
 
     name: str = "daily"
+    schedule: Literal["daily", "weekly"] = "daily"
+    day: str = "monday"  # the day of a weekly digest
     send_at: ClockTime = time(7, 0)
     timezone: str = "UTC"
     to: StrList = Field(default_factory=lambda: ["reader@example.com"])
@@ -202,6 +205,26 @@ class DigestSettings(_Section):
                 f"bad placeholder {exc} in {value!r}: use {{name}}, {{date}}, {{count}}, {{items}}"
             ) from None
         return value
+
+    @field_validator("day")
+    @classmethod
+    def _weekday(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in WEEKDAYS:
+            raise ValueError(f"{value!r} is not a day of the week (monday … sunday)")
+        return value
+
+    @property
+    def weekday(self) -> int | None:
+        """0 = Monday for a weekly digest; None for a daily one."""
+        return WEEKDAYS.index(self.day) if self.schedule == "weekly" else None
+
+    @property
+    def schedule_label(self) -> str:
+        when = f"{self.send_at:%H:%M} {self.timezone}"
+        if self.schedule == "weekly":
+            return f"every {self.day.capitalize()} at {when}"
+        return f"every day at {when}"
 
     @field_validator("list_unsubscribe")
     @classmethod
@@ -351,6 +374,9 @@ class Settings(_Section):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     extract: ExtractSettings = Field(default_factory=ExtractSettings)
     digest: DigestSettings = Field(default_factory=lambda: DigestSettings())
+    # Several digests, each with its own recipients, schedule and filters; `digest:` is the
+    # shorthand for one.
+    digests: list[DigestSettings] = Field(default_factory=list)
     smtp: SmtpSettings | None = None
     service: ServiceSettings = Field(default_factory=ServiceSettings)
 
@@ -371,6 +397,29 @@ class Settings(_Section):
         copy._feeds = feeds
         copy._source = self._source
         return copy
+
+    @model_validator(mode="after")
+    def _one_kind_of_digest(self) -> Settings:
+        if self.digests and "digest" in self.model_fields_set:
+            raise ValueError("use either digest: (one digest) or digests: (a list), not both")
+        names = [d.name for d in self.digests]
+        if len(names) != len(set(names)):
+            raise ValueError("digests: each digest needs its own name")
+        return self
+
+    @property
+    def all_digests(self) -> tuple[DigestSettings, ...]:
+        return tuple(self.digests) or (self.digest,)
+
+    def digest_named(self, name: str | None) -> DigestSettings:
+        """Return the digest called ``name`` (the first one when None); ConfigError if none."""
+        if name is None:
+            return self.all_digests[0]
+        for digest in self.all_digests:
+            if digest.name == name:
+                return digest
+        known = ", ".join(d.name for d in self.all_digests)
+        raise ConfigError(f"no digest named {name!r} (configured: {known})")
 
     def full_text_for(self, feed: FeedConfig) -> bool:
         return self.extract.enabled if feed.full_text is None else feed.full_text

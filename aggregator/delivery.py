@@ -11,7 +11,7 @@ from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 
-from aggregator.config import Settings, SmtpSettings
+from aggregator.config import DigestSettings, Settings, SmtpSettings
 from aggregator.digest import Digest, build_digest, render_message
 from aggregator.errors import DeliveryError
 from aggregator.mailer import send_smtp, write_outbox
@@ -27,14 +27,18 @@ class DeliveryReport:
 
 
 def prepare_digest(
-    store: Store, settings: Settings, now: datetime, since: datetime | None = None
+    store: Store,
+    settings: Settings,
+    now: datetime,
+    since: datetime | None = None,
+    digest: DigestSettings | None = None,
 ) -> Digest | None:
     """Return the digest of every article this digest has not delivered yet, or None."""
-    name = settings.digest.name
-    articles = store.unsent_articles(name, since=since)
+    digest = digest or settings.all_digests[0]
+    articles = store.unsent_articles(digest.name, since=since)
     roots = {a.duplicate_of for a in articles if a.duplicate_of is not None}
-    already_sent = store.sent_article_ids(name, roots)
-    return build_digest(articles, already_sent, settings.feeds, settings.digest, now)
+    already_sent = store.sent_article_ids(digest.name, roots)
+    return build_digest(articles, already_sent, settings.feeds, digest, now)
 
 
 def send_digest(
@@ -43,22 +47,25 @@ def send_digest(
     now: datetime,
     since: datetime | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    digest: DigestSettings | None = None,
 ) -> DeliveryReport:
-    """Build and deliver the digest; articles count as sent only once delivery succeeded."""
-    digest = prepare_digest(store, settings, now, since)
-    if digest is None:
-        log.info("digest=%s nothing new to send", settings.digest.name)
+    """Build and deliver one digest (the first configured by default); its articles count as
+    sent only once delivery succeeded."""
+    config = digest or settings.all_digests[0]
+    built = prepare_digest(store, settings, now, since, config)
+    if built is None:
+        log.info("digest=%s nothing new to send", config.name)
         return DeliveryReport(None, "")
-    message = render_message(digest, settings.digest, now)
+    message = render_message(built, config, now)
     run_id = store.begin_digest_run(
-        digest.name, digest.run_key, str(message["Message-ID"]), digest.article_ids, now
+        built.name, built.run_key, str(message["Message-ID"]), built.article_ids, now
     )
     try:
         if settings.smtp is not None:
             _send_with_retries(message, settings.smtp, sleep)
             destination = f"smtp {settings.smtp.host}:{settings.smtp.port}"
         else:
-            path = write_outbox(message, Path(settings.outbox_dir), _file_name(digest, now))
+            path = write_outbox(message, Path(settings.outbox_dir), _file_name(built, now))
             destination = str(path)
     except DeliveryError as exc:
         # Temporary: the run stays pending, its articles unsent, for the next attempt.
@@ -69,8 +76,8 @@ def send_digest(
             store.note_digest_error(run_id, str(exc))
         raise
     store.finish_digest_run(run_id, now)
-    log.info("digest=%s sent items=%d to=%s", digest.name, digest.count, destination)
-    return DeliveryReport(digest, destination)
+    log.info("digest=%s sent items=%d to=%s", built.name, built.count, destination)
+    return DeliveryReport(built, destination)
 
 
 def _send_with_retries(message: EmailMessage, smtp: SmtpSettings, sleep: Callable[[float], None]) -> None:

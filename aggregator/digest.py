@@ -184,7 +184,7 @@ def build_digest(
         groups=tuple(built),
         article_ids=ids,
         duplicates=duplicates,
-        schedule_label=f"every day at {settings.send_at:%H:%M} {settings.timezone}",
+        schedule_label=settings.schedule_label,
         templates=settings.templates,
     )
 

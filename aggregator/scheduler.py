@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import signal
+import time as time_module
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from aggregator import metrics, ops
-from aggregator.config import Settings, load_settings
+from aggregator.config import DigestSettings, Settings, load_settings
 from aggregator.database import normalise_url
 from aggregator.delivery import send_digest
 from aggregator.errors import AggregatorError, ConfigError, DeliveryError, StorageError
@@ -44,18 +45,30 @@ DIGEST_RETRY_MAX = timedelta(hours=1)
 SHUTDOWN_TIMEOUT = 20.0
 
 
-def last_slot(now: datetime, send_at: time, zone: ZoneInfo) -> datetime:
-    """Return the latest scheduled send time at or before ``now`` (aware, in UTC)."""
+def last_slot(now: datetime, send_at: time, zone: ZoneInfo, weekday: int | None = None) -> datetime:
+    """Return the latest scheduled send time at or before ``now`` (aware, in UTC).
+
+    ``weekday`` (0 = Monday) for a weekly digest; None for a daily one.
+    """
     local = now.astimezone(zone)
-    slot = datetime.combine(local.date(), send_at, tzinfo=zone)
-    if slot > local:
-        slot = datetime.combine(local.date() - timedelta(days=1), send_at, tzinfo=zone)
-    return slot.astimezone(UTC)
+    day = local.date()
+    for _ in range(8):  # bounded: a weekly slot is at most seven days back
+        slot = datetime.combine(day, send_at, tzinfo=zone)
+        if slot <= local and (weekday is None or day.weekday() == weekday):
+            return slot.astimezone(UTC)
+        day -= timedelta(days=1)
+    raise AssertionError("unreachable: a slot lies within the last eight days")
 
 
-def missed_digest(now: datetime, send_at: time, zone: ZoneInfo, last_sent: datetime | None) -> bool:
+def missed_digest(
+    now: datetime,
+    send_at: time,
+    zone: ZoneInfo,
+    last_sent: datetime | None,
+    weekday: int | None = None,
+) -> bool:
     """Return True when the latest send time passed recently without a delivered digest."""
-    slot = last_slot(now, send_at, zone)
+    slot = last_slot(now, send_at, zone, weekday)
     if now - slot > CATCH_UP:
         return False
     return last_sent is None or last_sent < slot
@@ -97,18 +110,17 @@ class Service:
 
     async def _serve(self, store: Store, pipeline: Pipeline) -> None:
         settings = self.settings
-        digest = settings.digest
         log.info(
-            "service starting feeds=%d digest_at=%s %s database=%s",
+            "service starting feeds=%d digests=%s database=%s",
             len(settings.feeds),
-            digest.send_at.strftime("%H:%M"),
-            digest.timezone,
+            "; ".join(f"{d.name} {d.schedule_label}" for d in settings.all_digests),
             _safe_db(settings.database_url),
         )
-        last_sent = await asyncio.to_thread(store.last_digest_sent, digest.name)
-        if missed_digest(self.clock(), digest.send_at, digest.zone, last_sent):
-            log.info("sending the digest missed while the service was down")
-            await self._digest_job(store)
+        for digest in settings.all_digests:
+            last_sent = await asyncio.to_thread(store.last_digest_sent, digest.name)
+            if missed_digest(self.clock(), digest.send_at, digest.zone, last_sent, digest.weekday):
+                log.info("sending the %s digest missed while the service was down", digest.name)
+                await self._digest_job(store, digest.name)
         scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler = scheduler
         scheduler.add_job(
@@ -121,15 +133,7 @@ class Service:
             coalesce=True,
             id="refresh",
         )
-        scheduler.add_job(
-            self._digest_job,
-            CronTrigger(hour=digest.send_at.hour, minute=digest.send_at.minute, timezone=digest.zone),
-            args=[store],
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=3600,
-            id="digest",
-        )
+        self._schedule_digests(scheduler, store)
         scheduler.add_job(
             self._heartbeat, "interval", seconds=15, next_run_time=datetime.now(UTC), id="heartbeat"
         )
@@ -219,34 +223,61 @@ class Service:
         new = sum(o.new_articles for o in outcomes)  # type: ignore[attr-defined]
         log.info("refresh pass feeds=%d new_articles=%d failed=%d", len(due), new, failed)
 
-    async def _digest_job(self, store: Store, retry: int = 0) -> None:
+    async def _digest_job(self, store: Store, name: str | None = None, retry: int = 0) -> None:
         try:
-            report = await asyncio.to_thread(send_digest, store, self.settings, self.clock())
+            digest = self.settings.digest_named(name)
+        except ConfigError:
+            log.warning("digest %s is no longer configured", name)
+            return
+        try:
+            report = await asyncio.to_thread(
+                send_digest, store, self.settings, self.clock(), None, time_module.sleep, digest
+            )
         except DeliveryError as exc:
             metrics.count("aggregator_digest_deliveries_total", result="failed")
             if exc.temporary and self._scheduler is not None and not self._stopping.is_set():
-                # The SMTP server is down or busy: try again later today, not only tomorrow.
+                # The SMTP server is down or busy: try again later today, not only next time.
                 delay = min(DIGEST_RETRY_FIRST * 2**retry, DIGEST_RETRY_MAX)
                 self._scheduler.add_job(
                     self._digest_job,
                     "date",
-                    args=[store, retry + 1],
+                    args=[store, digest.name, retry + 1],
                     run_date=datetime.now(UTC) + delay,
-                    id="digest-retry",
+                    id=f"digest-retry:{digest.name}",
                     replace_existing=True,
                 )
-                log.error("digest not delivered: %s (trying again in %s)", exc, delay)
+                log.error("digest %s not delivered: %s (trying again in %s)", digest.name, exc, delay)
             else:
-                log.error("digest not delivered: %s (its articles wait for the next digest)", exc)
+                log.error(
+                    "digest %s not delivered: %s (its articles wait for the next one)", digest.name, exc
+                )
             return
         except AggregatorError as exc:
-            log.error("digest not delivered: %s (its articles wait for the next digest)", exc)
+            log.error("digest %s not delivered: %s (its articles wait for the next one)", digest.name, exc)
             return
         metrics.count(
             "aggregator_digest_deliveries_total", result="sent" if report.digest is not None else "empty"
         )
         if report.digest is not None:
             log.info("digest delivered items=%d to=%s", report.digest.count, report.destination)
+
+    def _schedule_digests(self, scheduler: AsyncIOScheduler, store: Store) -> None:
+        """(Re)create one cron job per configured digest; drop jobs of removed digests."""
+        wanted = {f"digest:{d.name}": d for d in self.settings.all_digests}
+        for job in scheduler.get_jobs():
+            if job.id.startswith("digest:") and job.id not in wanted:
+                job.remove()
+        for job_id, digest in wanted.items():
+            scheduler.add_job(
+                self._digest_job,
+                _trigger(digest),
+                args=[store, digest.name],
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=3600,
+                id=job_id,
+                replace_existing=True,
+            )
 
     async def _healthz(self, store: Store) -> tuple[int, str, str]:
         running = self._scheduler is not None and self._scheduler.running
@@ -286,7 +317,9 @@ class Service:
     async def _retention_job(self, store: Store) -> None:
         before = self.clock() - timedelta(days=self.settings.retention_days)
         try:
-            deleted = await asyncio.to_thread(store.delete_old_articles, before, self.settings.digest.name)
+            deleted = await asyncio.to_thread(
+                store.delete_old_articles, before, [d.name for d in self.settings.all_digests]
+            )
         except StorageError as exc:
             log.error("retention skipped: %s", exc)
             return
@@ -318,23 +351,14 @@ class Service:
         self.settings = pipeline.settings = fresh
         added = {f.url for f in fresh.feeds} - {f.url for f in old.feeds}
         removed = {f.url for f in old.feeds} - {f.url for f in fresh.feeds}
-        moved = (fresh.digest.send_at, fresh.digest.timezone) != (old.digest.send_at, old.digest.timezone)
-        if moved and self._scheduler is not None:
-            self._scheduler.reschedule_job(
-                "digest",
-                trigger=CronTrigger(
-                    hour=fresh.digest.send_at.hour,
-                    minute=fresh.digest.send_at.minute,
-                    timezone=fresh.digest.zone,
-                ),
-            )
+        if self._scheduler is not None:
+            self._schedule_digests(self._scheduler, pipeline.store)
         log.info(
-            "config reloaded feeds=%d added=%d removed=%d digest_at=%s %s",
+            "config reloaded feeds=%d added=%d removed=%d digests=%s",
             len(fresh.feeds),
             len(added),
             len(removed),
-            fresh.digest.send_at.strftime("%H:%M"),
-            fresh.digest.timezone,
+            "; ".join(f"{d.name} {d.schedule_label}" for d in fresh.all_digests),
         )
 
     async def _heartbeat(self) -> None:
@@ -379,6 +403,16 @@ def _stamp(settings: Settings, config_path: Path | None = None) -> tuple[float, 
         except OSError:
             stamps.append(0)
     return tuple(stamps)
+
+
+def _trigger(digest: DigestSettings) -> CronTrigger:
+    """The cron trigger of a digest: its time of day, and its weekday when weekly."""
+    return CronTrigger(
+        day_of_week=digest.weekday if digest.weekday is not None else "*",
+        hour=digest.send_at.hour,
+        minute=digest.send_at.minute,
+        timezone=digest.zone,
+    )
 
 
 def heartbeat_age(path: Path, now: datetime) -> timedelta | None:

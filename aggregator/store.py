@@ -632,23 +632,26 @@ class Store:
             if run is not None:
                 run.status, run.sent_at = "sent", now
 
-    def delete_old_articles(self, before: datetime, digest_name: str) -> int:
+    def delete_old_articles(self, before: datetime, digest_names: Sequence[str]) -> int:
         """Delete articles first seen before ``before``; return how many.
 
-        Kept: articles still waiting for the digest (no delivered run covers them), and the
-        representatives of copies that are kept (a deleted representative would make a copy
-        look like a new story).
+        Kept: articles still waiting for one of the digests (no delivered run of it covers
+        them), and the representatives of copies that are kept (a deleted representative would
+        make a copy look like a new story).
         """
-        delivered = (
-            select(DigestItem.article_id)
-            .join(DigestRun, DigestRun.id == DigestItem.run_id)
-            .where(DigestRun.digest_name == digest_name, DigestRun.status == "sent")
-        )
+
+        def delivered(name: str):  # type: ignore[no-untyped-def]
+            return (
+                select(DigestItem.article_id)
+                .join(DigestRun, DigestRun.id == DigestItem.run_id)
+                .where(DigestRun.digest_name == name, DigestRun.status == "sent")
+            )
+
         kept_copy = aliased(Article)
         doomed = (
             select(Article.id)
             .where(Article.first_seen < before)
-            .where(Article.id.in_(delivered))
+            .where(*(Article.id.in_(delivered(name)) for name in digest_names))
             .where(
                 ~exists(
                     select(kept_copy.id).where(

@@ -179,6 +179,8 @@ def write_config(tmp_path: Path) -> ConfigWriter:
             "extract": {"workers": 0},
             "digest": {"to": ["reader@example.com"], "from": "Aggregator <digest@example.com>"},
         }
+        if "digests" in settings:
+            del config["digest"]  # digests: replaces the single digest
         for key, value in settings.items():
             if isinstance(value, dict) and isinstance(config.get(key), dict):
                 config[key] = {**config[key], **value}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.config import load_settings, parse_duration, parse_size, setting_for_env
+from aggregator.config import Settings, load_settings, parse_duration, parse_size, setting_for_env
 from aggregator.errors import ConfigError
 
 from .conftest import REPO, ConfigWriter
@@ -52,6 +52,8 @@ def test_example_config_loads_and_lists_every_key() -> None:
         model = type(getattr(settings, section))
         for name, info in model.model_fields.items():
             assert f"{info.alias or name}:" in example, f"{section}.{name} is not documented"
+    for name in Settings.model_fields:
+        assert f"{name}:" in example, f"{name} is not documented"
 
 
 def test_embedded_defaults_without_a_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

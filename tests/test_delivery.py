@@ -316,3 +316,67 @@ def test_no_feed_text_breaks_headers_or_markup(title: str, author: str, feed_nam
     html = parsed.get_body(preferencelist=("html",)).get_content()
     lowered = html.lower()
     assert "<script" not in lowered and "<img" not in lowered  # feed text stays text
+
+
+def test_several_digests_each_with_its_own_filters(
+    write_config: ConfigWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aggregator.cli import main
+
+    config = write_config(
+        feeds=[
+            {"url": "https://a.example/feed", "name": "Alpha", "tags": ["world"]},
+            {"url": "https://b.example/feed", "name": "Beta", "tags": ["tech"]},
+        ],
+        digests=[
+            {"name": "world", "to": ["w@example.com"], "tags": ["world"]},
+            {
+                "name": "tech",
+                "to": ["t@example.com"],
+                "tags": ["tech"],
+                "schedule": "weekly",
+                "day": "friday",
+            },
+        ],
+    )
+    settings = load_settings(config, environ={})
+    assert [d.name for d in settings.all_digests] == ["world", "tech"]
+    store = Store.open(settings.database_url)
+    record = FetchRecord(200, None, None, "Feed", None, NOW, NOW)
+    for feed, key in (("https://a.example/feed", "a"), ("https://b.example/feed", "b")):
+        store.store_refresh(
+            feed,
+            [NewArticle(feed, key, f"{feed}/{key}", f"Story {key}", None, NOW, "", WORDS, "", "feed", None)],
+            record,
+        )
+    store.close()
+    assert main(["digest", "--name", "tech", "--config", str(config)]) == 0
+    assert "Story b" in capsys.readouterr().out
+    assert main(["digest", "--send", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "sent world digest with 1 stories" in out and "sent tech digest with 1 stories" in out
+    messages = sorted((tmp_path / "outbox").glob("*.eml"))
+    assert len(messages) == 2
+    parsed = [email.message_from_bytes(m.read_bytes(), policy=default) for m in messages]
+    assert sorted(m["To"] for m in parsed) == ["t@example.com", "w@example.com"]
+    assert main(["digest", "--send", "--config", str(config)]) == 0
+    assert "world digest: nothing new to send" in capsys.readouterr().out
+    assert main(["digest", "--name", "nope", "--config", str(config)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("settings_given", "message"),
+    [
+        ({"digest": {"name": "a"}, "digests": [{"name": "b"}]}, "not both"),
+        ({"digests": [{"name": "a"}, {"name": "a"}]}, "its own name"),
+        ({"digest": {"schedule": "weekly", "day": "funday"}}, "day of the week"),
+    ],
+)
+def test_digest_config_errors(
+    write_config: ConfigWriter, settings_given: dict[str, Any], message: str
+) -> None:
+    from aggregator.errors import ConfigError
+
+    config = write_config(**settings_given)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config, environ={})

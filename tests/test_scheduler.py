@@ -43,3 +43,16 @@ def test_retry_delay_backs_off_exponentially_with_a_cap() -> None:
     assert 0.9 * 3600 <= delays[1] <= 1.1 * 3600
     assert all(d <= 24 * 3600 for d in delays)
     assert delays[-1] >= 0.9 * 24 * 3600
+
+
+def test_weekly_slot() -> None:
+    friday = 4
+    # Saturday 28 Nov 2026: the last Friday 07:00 in Paris was the 27th, 06:00 UTC
+    now = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    assert last_slot(now, time(7, 0), PARIS, friday) == datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+    # on the Friday itself, before the time: the week before
+    early = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
+    assert last_slot(early, time(7, 0), PARIS, friday) == datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
+    # down at Friday's send time: caught up when back the same morning, not a day later
+    assert missed_digest(datetime(2026, 11, 27, 10, 0, tzinfo=UTC), time(7, 0), PARIS, None, friday)
+    assert not missed_digest(now, time(7, 0), PARIS, None, friday)
