@@ -6,7 +6,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -50,12 +50,36 @@ def send_digest(
     digest: DigestSettings | None = None,
 ) -> DeliveryReport:
     """Build and deliver one digest (the first configured by default); its articles count as
-    sent only once delivery succeeded."""
+    sent only once delivery succeeded.
+
+    A run recorded earlier but never delivered (an outage, or a crash between the server's
+    acceptance and our bookkeeping) goes first, rebuilt from its own articles with its own
+    run key, hence the same Message-ID: never a different digest carrying the same items.
+    """
     config = digest or settings.all_digests[0]
+    pending = store.pending_digest_run(config.name)
+    if pending is not None and pending.articles:
+        again = build_digest(pending.articles, set(), settings.feeds, config, pending.created_at)
+        if again is not None:
+            log.info("digest=%s delivering the pending run %s first", config.name, pending.run_key)
+            _deliver(store, settings, replace(again, run_key=pending.run_key), config, now, sleep)
     built = prepare_digest(store, settings, now, since, config)
     if built is None:
         log.info("digest=%s nothing new to send", config.name)
         return DeliveryReport(None, "")
+    destination = _deliver(store, settings, built, config, now, sleep)
+    return DeliveryReport(built, destination)
+
+
+def _deliver(
+    store: Store,
+    settings: Settings,
+    built: Digest,
+    config: DigestSettings,
+    now: datetime,
+    sleep: Callable[[float], None],
+) -> str:
+    """Record the run with its items, hand the email over, mark it sent; return where it went."""
     message = render_message(built, config, now)
     run_id = store.begin_digest_run(
         built.name, built.run_key, str(message["Message-ID"]), built.article_ids, now
@@ -77,7 +101,7 @@ def send_digest(
         raise
     store.finish_digest_run(run_id, now)
     log.info("digest=%s sent items=%d to=%s", built.name, built.count, destination)
-    return DeliveryReport(built, destination)
+    return destination
 
 
 def _send_with_retries(message: EmailMessage, smtp: SmtpSettings, sleep: Callable[[float], None]) -> None:

@@ -75,6 +75,16 @@ class NotModified:
     location: FeedLocation | None = None
 
 
+@dataclass(frozen=True)
+class PendingRun:
+    """A digest run recorded before sending and not delivered yet."""
+
+    id: int
+    run_key: str
+    created_at: datetime
+    articles: list[StoredArticle]
+
+
 @dataclass(frozen=True, slots=True)
 class Seen:
     """What the database knows of a poll's entries (see Store.seen)."""
@@ -681,6 +691,24 @@ class Store:
             )
             last = session.scalar(select(func.max(Feed.last_success_at)))
         return int(failing or 0), last
+
+    def pending_digest_run(self, digest_name: str) -> PendingRun | None:
+        """Return the newest run of this digest recorded but never delivered (a crash or an
+        outage in between), with its articles, or None."""
+        with self._session() as session:
+            run = session.scalars(
+                select(DigestRun)
+                .where(DigestRun.digest_name == digest_name, DigestRun.status == "pending")
+                .order_by(DigestRun.id.desc())
+                .limit(1)
+            ).first()
+            if run is None:
+                return None
+            ids = list(session.scalars(select(DigestItem.article_id).where(DigestItem.run_id == run.id)))
+            articles = [
+                _to_stored(row) for row in session.execute(_article_query().where(Article.id.in_(ids)))
+            ]
+        return PendingRun(run.id, run.run_key, run.created_at, articles)
 
     def note_digest_error(self, run_id: int, error: str) -> None:
         """Record a temporary delivery failure; the run stays pending."""

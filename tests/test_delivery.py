@@ -26,7 +26,11 @@ from aggregator.store import FetchRecord, Store
 from .conftest import ConfigWriter, SmtpSink, free_port
 
 NOW = datetime(2026, 11, 28, 7, 0, tzinfo=UTC)
-WORDS = " ".join(f"word{i}" for i in range(120))
+
+
+def body(tag: str) -> str:
+    """A text of 120 words of its own: distinct texts, so none is a near-duplicate of another."""
+    return " ".join(f"{tag}{i}" for i in range(120))
 
 
 class Flaky:
@@ -82,7 +86,7 @@ def seeded_settings(write_config: ConfigWriter, port: int, **digest: Any) -> Set
                 None,
                 NOW,
                 "",
-                f"Voters went to the polls. {WORDS}",
+                f"Voters went to the polls. {body('vote')}",
                 "<p>x</p>",
                 "feed",
                 None,
@@ -95,7 +99,7 @@ def seeded_settings(write_config: ConfigWriter, port: int, **digest: Any) -> Set
                 None,
                 NOW,
                 "",
-                f"The final whistle blew. {WORDS} sport",
+                f"The final whistle blew. {body('ball')} sport",
                 "<p>x</p>",
                 "feed",
                 None,
@@ -114,7 +118,7 @@ def seeded_settings(write_config: ConfigWriter, port: int, **digest: Any) -> Set
                 None,
                 NOW,
                 "",
-                f"A phone. {WORDS}",
+                f"A phone. {body('phone')}",
                 "<p>x</p>",
                 "feed",
                 None,
@@ -346,7 +350,11 @@ def test_several_digests_each_with_its_own_filters(
     for feed, key in (("https://a.example/feed", "a"), ("https://b.example/feed", "b")):
         store.store_refresh(
             feed,
-            [NewArticle(feed, key, f"{feed}/{key}", f"Story {key}", None, NOW, "", WORDS, "", "feed", None)],
+            [
+                NewArticle(
+                    feed, key, f"{feed}/{key}", f"Story {key}", None, NOW, "", body(key), "", "feed", None
+                )
+            ],
             record,
         )
     store.close()
@@ -380,3 +388,52 @@ def test_digest_config_errors(
     config = write_config(**settings_given)
     with pytest.raises(ConfigError, match=message):
         load_settings(config, environ={})
+
+
+def test_a_run_left_pending_is_resent_as_it_was(smtp_server: SmtpSink, write_config: ConfigWriter) -> None:
+    from aggregator.delivery import prepare_digest
+    from aggregator.digest import message_id
+
+    settings = seeded_settings(write_config, smtp_server.port)
+    store = Store.open(settings.database_url)
+    # A crash after the server accepted the message but before it was marked sent: the run
+    # stays pending with its three articles.
+    crashed = prepare_digest(store, settings, NOW - timedelta(hours=1))
+    assert crashed is not None
+    store.begin_digest_run(
+        crashed.name, crashed.run_key, "<x@y>", crashed.article_ids, NOW - timedelta(hours=1)
+    )
+    later = FetchRecord(200, None, None, "Feed", None, NOW, NOW)
+    store.store_refresh(
+        "https://b.example/feed",
+        [
+            NewArticle(
+                "https://b.example/feed",
+                "b2",
+                "https://b.example/2",
+                "Arrived after",
+                None,
+                NOW,
+                "",
+                f"Later. {body('later')}",
+                "",
+                "feed",
+                None,
+            )
+        ],
+        later,
+    )
+    store.close()
+    report = deliver(settings)
+    first, second = smtp_server.messages
+    # the pending run again, unchanged: same Message-ID, the same three stories only
+    assert first["Message-ID"] == message_id(crashed.run_key, settings.digest.from_)
+    assert (
+        "3 stories" in first["Subject"]
+        and "Arrived after" not in first.get_body(preferencelist=("plain",)).get_content()
+    )
+    # then a new digest with what came since
+    assert report.digest is not None and "1 story" in second["Subject"]
+    assert unsent(settings) == 0
+    deliver(settings)
+    assert len(smtp_server.messages) == 2
