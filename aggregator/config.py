@@ -298,6 +298,8 @@ class ServiceSettings(_Section):
     check_every: Duration = timedelta(seconds=30)
     # host:port for /healthz and /metrics (e.g. 127.0.0.1:8080); none when empty.
     http: str | None = None
+    # On SIGTERM/SIGINT, in-flight work gets this long to finish before it is abandoned.
+    shutdown_timeout: Duration = timedelta(seconds=20)
 
     @field_validator("http")
     @classmethod

@@ -42,7 +42,6 @@ RELOAD_EVERY = 2.0
 # A digest that failed for a temporary reason is tried again after 5 min, 10 min, ... 1 h.
 DIGEST_RETRY_FIRST = timedelta(minutes=5)
 DIGEST_RETRY_MAX = timedelta(hours=1)
-SHUTDOWN_TIMEOUT = 20.0
 
 
 def last_slot(now: datetime, send_at: time, zone: ZoneInfo, weekday: int | None = None) -> datetime:
@@ -198,9 +197,10 @@ class Service:
         task = self._refreshing
         if task is None or task.done():
             return
-        done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_TIMEOUT)
+        limit = self.settings.service.shutdown_timeout.total_seconds()
+        done, _ = await asyncio.wait({task}, timeout=limit)
         if not done:
-            log.warning("abandoning a refresh still running after %.0fs", SHUTDOWN_TIMEOUT)
+            log.warning("abandoning a refresh still running after %.0fs", limit)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
