@@ -191,3 +191,41 @@ def write_config(tmp_path: Path) -> ConfigWriter:
         return folder / "aggregator.yaml"
 
     return write
+
+
+# -- the pipeline and the service ----------------------------------------------------------
+
+
+def refresh(settings: Any, **fetcher_args: Any) -> list[Any]:
+    """Run one Pipeline.refresh_all over the configured feeds, as `aggregator fetch` does."""
+    import asyncio
+
+    from aggregator.fetcher import Fetcher
+    from aggregator.pipeline import Pipeline
+    from aggregator.store import Store
+
+    store = Store.open(settings.database_url)
+
+    async def go() -> list[Any]:
+        async with Fetcher(settings.fetch, **fetcher_args) as fetcher:
+            pipeline = Pipeline(settings, store, fetcher)
+            try:
+                return await pipeline.refresh_all(settings.feeds)
+            finally:
+                pipeline.close()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        store.close()
+
+
+def stored_articles(settings: Any) -> list[Any]:
+    """Every stored article, newest first."""
+    from aggregator.store import Store
+
+    store = Store.open(settings.database_url)
+    try:
+        return store.list_articles()
+    finally:
+        store.close()

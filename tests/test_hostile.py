@@ -5,7 +5,6 @@ Each case ends with the error (or warning) recorded on its feed, and the good fe
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import os
@@ -24,12 +23,11 @@ from werkzeug import Request, Response
 
 from aggregator.cli import main
 from aggregator.config import Settings, load_settings
-from aggregator.fetcher import Fetcher
 from aggregator.models import FeedStatus, RefreshOutcome
-from aggregator.pipeline import Pipeline
 from aggregator.store import Store
 
 from .conftest import ConfigWriter
+from .conftest import refresh as refresh_all
 
 GOOD_ITEMS = "".join(
     f"<item><title>Good {i}</title><link>{{base}}/good/{i}</link><guid>good-{i}</guid>"
@@ -206,20 +204,7 @@ def catalogue_settings(write_config: ConfigWriter, feeds: dict[str, str]) -> Set
 
 
 def refresh(settings: Settings, **fetcher_args: object) -> dict[str, RefreshOutcome]:
-    store = Store.open(settings.database_url)
-
-    async def go() -> list[RefreshOutcome]:
-        async with Fetcher(settings.fetch, **fetcher_args) as fetcher:  # type: ignore[arg-type]
-            pipeline = Pipeline(settings, store, fetcher)
-            try:
-                return await pipeline.refresh_all(settings.feeds)
-            finally:
-                pipeline.close()
-
-    try:
-        return {o.feed_url: o for o in asyncio.run(go())}
-    finally:
-        store.close()
+    return {o.feed_url: o for o in refresh_all(settings, **fetcher_args)}
 
 
 def statuses(settings: Settings) -> dict[str, FeedStatus]:

@@ -1,18 +1,14 @@
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
 
 from aggregator.config import Settings, load_settings
-from aggregator.fetcher import Fetcher
-from aggregator.models import RefreshOutcome
-from aggregator.pipeline import Pipeline
 from aggregator.store import Store
 
-from .conftest import ConfigWriter, serve, serve_gazette
+from .conftest import ConfigWriter, refresh, serve, serve_gazette, stored_articles
 
 RSS = """<?xml version="1.0"?><rss version="2.0"><channel><title>{title}</title>
 <link>{base}/</link>{items}</channel></rss>"""
@@ -22,29 +18,8 @@ ITEM = (
 )
 
 
-def refresh(settings: Settings) -> list[RefreshOutcome]:
-    store = Store.open(settings.database_url)
-
-    async def go() -> list[RefreshOutcome]:
-        async with Fetcher(settings.fetch) as fetcher:
-            pipeline = Pipeline(settings, store, fetcher)
-            try:
-                return await pipeline.refresh_all(settings.feeds)
-            finally:
-                pipeline.close()
-
-    try:
-        return asyncio.run(go())
-    finally:
-        store.close()
-
-
 def stored(settings: Settings) -> list:  # type: ignore[type-arg]
-    store = Store.open(settings.database_url)
-    try:
-        return store.list_articles()
-    finally:
-        store.close()
+    return stored_articles(settings)
 
 
 def page_requests(httpserver: HTTPServer, prefix: str) -> int:

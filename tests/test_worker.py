@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from pytest_httpserver import HTTPServer
 
 from aggregator.config import Settings, load_settings
 from aggregator.errors import ConfigError
-from aggregator.fetcher import Fetcher
-from aggregator.models import RefreshOutcome, StoredArticle
-from aggregator.pipeline import Pipeline
-from aggregator.store import Store
+from aggregator.models import StoredArticle
 
-from .conftest import ConfigWriter, base_url, fixture_text
+from .conftest import ConfigWriter, base_url, fixture_text, refresh, stored_articles
 
 RSS = (
     '<?xml version="1.0"?><rss version="2.0"><channel><title>T</title><link>{base}/</link>'
@@ -26,29 +21,8 @@ ITEM = (
 )
 
 
-def refresh(settings: Settings) -> list[RefreshOutcome]:
-    store = Store.open(settings.database_url)
-
-    async def go() -> list[RefreshOutcome]:
-        async with Fetcher(settings.fetch) as fetcher:
-            pipeline = Pipeline(settings, store, fetcher)
-            try:
-                return await pipeline.refresh_all(settings.feeds)
-            finally:
-                pipeline.close()
-
-    try:
-        return asyncio.run(go())
-    finally:
-        store.close()
-
-
 def stored(settings: Settings) -> dict[str, StoredArticle]:
-    store = Store.open(settings.database_url)
-    try:
-        return {a.title: a for a in store.list_articles()}
-    finally:
-        store.close()
+    return {a.title: a for a in stored_articles(settings)}
 
 
 def serve_pages(httpserver: HTTPServer, pages: dict[str, tuple[bytes | str, str]]) -> str:
