@@ -57,6 +57,21 @@ def send_digest(
     run key, hence the same Message-ID: never a different digest carrying the same items.
     """
     config = digest or settings.all_digests[0]
+    with store.digest_lock(config.name) as mine:
+        if not mine:
+            log.info("digest=%s is being sent by another process", config.name)
+            return DeliveryReport(None, "")
+        return _send_locked(store, settings, now, since, sleep, config)
+
+
+def _send_locked(
+    store: Store,
+    settings: Settings,
+    now: datetime,
+    since: datetime | None,
+    sleep: Callable[[float], None],
+    config: DigestSettings,
+) -> DeliveryReport:
     pending = store.pending_digest_run(config.name)
     if pending is not None and pending.articles:
         again = build_digest(pending.articles, set(), settings.feeds, config, pending.created_at)

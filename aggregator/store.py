@@ -7,6 +7,7 @@ feed's fetch record, and a digest run is recorded with its items before the emai
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import threading
 from collections import Counter
@@ -691,6 +692,31 @@ class Store:
             )
             last = session.scalar(select(func.max(Feed.last_success_at)))
         return int(failing or 0), last
+
+    @contextmanager
+    def digest_lock(self, digest_name: str) -> Iterator[bool]:
+        """Hold the right to send this digest; yields False when another process holds it.
+
+        On PostgreSQL a session advisory lock, so that however many `aggregator run` processes
+        share the database, one sends each digest. SQLite serves one process: always True.
+        """
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        key = int.from_bytes(
+            hashlib.blake2b(f"digest:{digest_name}".encode(), digest_size=8).digest(),
+            "big",
+            signed=True,
+        )
+        with self.engine.connect() as connection:
+            got = bool(connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            connection.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    connection.commit()
 
     def pending_digest_run(self, digest_name: str) -> PendingRun | None:
         """Return the newest run of this digest recorded but never delivered (a crash or an

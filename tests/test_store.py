@@ -335,3 +335,20 @@ def test_retention_keeps_what_waits_for_a_digest(store: Store) -> None:
     # kept copy stays (else the copy would look like a new story)
     assert left == {"unsent-old", "rep-old", "copy-new", "sent-new"}
     assert store.delete_old_articles(NOW - timedelta(days=90), ["daily"]) == 0
+
+
+def test_one_process_at_a_time_sends_a_digest(database_url: str) -> None:
+    first, second = Store.open(database_url), Store.open(database_url)
+    try:
+        with first.digest_lock("daily") as mine:
+            assert mine
+            with second.digest_lock("daily") as theirs:
+                # PostgreSQL: another connection (another process) is refused while it is held
+                assert theirs is (first.engine.dialect.name != "postgresql")
+            with second.digest_lock("weekly") as other_digest:
+                assert other_digest
+        with second.digest_lock("daily") as after:
+            assert after
+    finally:
+        first.close()
+        second.close()
