@@ -300,6 +300,9 @@ class ServiceSettings(_Section):
     http: str | None = None
     # On SIGTERM/SIGINT, in-flight work gets this long to finish before it is abandoned.
     shutdown_timeout: Duration = timedelta(seconds=20)
+    # A feed claimed by a process is not polled by another until its poll is recorded or this
+    # much time passed (the process died): several processes can share PostgreSQL.
+    lease: Duration = timedelta(minutes=15)
 
     @field_validator("http")
     @classmethod

@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import time as time_module
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
@@ -88,10 +89,24 @@ class Service:
         self.clock = clock or (lambda: datetime.now(UTC))
         self._refreshing: asyncio.Task[object] | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _is_dead_owner(self, owner: str) -> bool:
+        """True for a claim of a process of this host that no longer runs (e.g. killed -9)."""
+        host, _, pid = owner.rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit() or owner == self._owner:
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     async def run(self) -> None:
         """Run until ``stop()`` (or SIGTERM/SIGINT); raise AggregatorError if it cannot start."""
@@ -115,6 +130,9 @@ class Service:
             "; ".join(f"{d.name} {d.schedule_label}" for d in settings.all_digests),
             _safe_db(settings.database_url),
         )
+        released = await asyncio.to_thread(store.release_claims, self._is_dead_owner)
+        if released:
+            log.info("released %d feeds claimed by a process that is gone", released)
         for digest in settings.all_digests:
             last_sent = await asyncio.to_thread(store.last_digest_sent, digest.name)
             if missed_digest(self.clock(), digest.send_at, digest.zone, last_sent, digest.weekday):
@@ -210,7 +228,15 @@ class Service:
             return
         feeds = self.settings.feeds
         try:
-            due_urls = set(await asyncio.to_thread(store.due_feeds, [f.url for f in feeds], self.clock()))
+            urls = [f.url for f in feeds]
+            now = self.clock()
+            await asyncio.to_thread(store.ensure_feeds, urls, now)
+            # Claimed, not just due: several processes sharing PostgreSQL split the feeds.
+            due_urls = set(
+                await asyncio.to_thread(
+                    store.claim_due_feeds, urls, now, self._owner, self.settings.service.lease
+                )
+            )
             due = [f for f in feeds if f.url in due_urls]
             if not due:
                 return

@@ -81,6 +81,9 @@ class Feed(Base):
     poll_interval: Mapped[float | None] = mapped_column(Float)
     # A recoverable problem of the last successful poll (a malformed but readable feed).
     last_warning: Mapped[str | None] = mapped_column(Text)
+    # The service process refreshing it now, until when (several processes share PostgreSQL).
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Article(Base):

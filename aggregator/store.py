@@ -11,10 +11,10 @@ import hashlib
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy import Engine, delete, exists, func, insert, or_, select, text, update
@@ -203,6 +203,42 @@ class Store:
                 due.append(url)
         return due
 
+    def claim_due_feeds(self, urls: Sequence[str], now: datetime, owner: str, lease: timedelta) -> list[str]:
+        """Claim those of ``urls`` that are due and not claimed under a live lease.
+
+        On PostgreSQL the rows are taken FOR UPDATE SKIP LOCKED, so processes sharing the
+        database never claim the same feed; one that dies loses its claims when their lease
+        ends. A claim ends when the poll's outcome is recorded.
+        """
+        claimed: list[str] = []
+        with self._writing() as session:
+            for chunk in _chunks(list(dict.fromkeys(urls))):
+                query = select(Feed).where(
+                    Feed.url.in_(chunk),
+                    Feed.gone_at.is_(None),
+                    or_(Feed.next_fetch_at.is_(None), Feed.next_fetch_at <= now),
+                    or_(Feed.lease_until.is_(None), Feed.lease_until <= now),
+                )
+                if self.engine.dialect.name == "postgresql":
+                    query = query.with_for_update(skip_locked=True)
+                for feed in session.scalars(query):
+                    feed.claimed_by, feed.lease_until = owner[:200], now + lease
+                    claimed.append(feed.url)
+        return claimed
+
+    def release_claims(self, dead: Callable[[str], bool]) -> int:
+        """End the claims of owners ``dead`` says are gone (a killed process on this host);
+        return how many feeds were released."""
+        with self._writing() as session:
+            owners = set(session.scalars(select(Feed.claimed_by).where(Feed.claimed_by.is_not(None))))
+            gone = [owner for owner in owners if owner and dead(owner)]
+            if not gone:
+                return 0
+            result = session.execute(
+                update(Feed).where(Feed.claimed_by.in_(gone)).values(claimed_by=None, lease_until=None)
+            )
+            return int(result.rowcount or 0)
+
     def next_due(self, urls: Sequence[str]) -> datetime | None:
         """Return the earliest next fetch time among ``urls`` (None when one was never fetched)."""
         with self._session() as session:
@@ -266,6 +302,8 @@ class Store:
             "gone_at": None,
             "poll_interval": record.poll_interval,
             "last_warning": record.warning[:2000] if record.warning else None,
+            "claimed_by": None,
+            "lease_until": None,
         }
         if record.location is not None:
             values.update(record.location.values())
@@ -473,6 +511,8 @@ class Store:
                     "consecutive_failures": 0,
                     "next_fetch_at": record.next_fetch,
                     "gone_at": None,
+                    "claimed_by": None,
+                    "lease_until": None,
                 }
                 if record.location is not None:
                     values.update(record.location.values())
@@ -485,6 +525,7 @@ class Store:
             feed.last_fetch_at = feed.gone_at = now
             feed.last_status, feed.error_kind, feed.last_error = 410, "gone", message[:2000]
             feed.next_fetch_at = None
+            feed.claimed_by = feed.lease_until = None
 
     def record_failure(
         self,
@@ -504,6 +545,7 @@ class Store:
             feed.error_kind, feed.last_error = kind, message[:2000]
             feed.consecutive_failures = (feed.consecutive_failures or 0) + 1
             feed.next_fetch_at = next_fetch
+            feed.claimed_by = feed.lease_until = None
             return feed.consecutive_failures
 
     @staticmethod

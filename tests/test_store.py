@@ -352,3 +352,61 @@ def test_one_process_at_a_time_sends_a_digest(database_url: str) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_processes_sharing_the_database_claim_disjoint_feeds(database_url: str) -> None:
+    urls = [f"https://feeds{i}.example/rss" for i in range(20)]
+    first, second = Store.open(database_url), Store.open(database_url)
+    try:
+        first.ensure_feeds(urls, NOW)
+        lease = timedelta(minutes=15)
+        mine = first.claim_due_feeds(urls[:12], NOW, "host-a:1", lease)
+        theirs = second.claim_due_feeds(urls, NOW, "host-b:2", lease)
+        assert sorted(mine + theirs) == sorted(urls)  # every feed claimed once
+        assert not set(mine) & set(theirs)
+        # nothing is claimed twice while the lease lasts...
+        assert second.claim_due_feeds(urls, NOW + timedelta(minutes=5), "host-b:2", lease) == []
+        # ...a recorded poll ends the claim and moves the next poll on...
+        first.record_failure(
+            mine[0], kind="http", message="503", status=503, now=NOW, next_fetch=NOW + timedelta(minutes=1)
+        )
+        assert second.claim_due_feeds(urls, NOW + timedelta(minutes=2), "host-b:2", lease) == [mine[0]]
+        # ...and the claims of a process that died expire with their lease.
+        later = second.claim_due_feeds(urls, NOW + timedelta(minutes=16), "host-b:2", lease)
+        assert sorted(later) == sorted(set(urls) - {mine[0]})
+    finally:
+        first.close()
+        second.close()
+
+
+def test_concurrent_claims_on_postgresql_skip_locked_rows(database_url: str) -> None:
+    import threading
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SKIP LOCKED is PostgreSQL's")
+    urls = [f"https://race{i}.example/rss" for i in range(200)]
+    stores = [Store.open(database_url) for _ in range(4)]
+    stores[0].ensure_feeds(urls, NOW)
+    results: list[list[str]] = [[] for _ in stores]
+
+    def claim(index: int) -> None:
+        results[index] = stores[index].claim_due_feeds(urls, NOW, f"p{index}", timedelta(minutes=5))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for store in stores:
+        store.close()
+    claimed = [url for result in results for url in result]
+    assert sorted(claimed) == sorted(urls)  # each feed exactly once across the processes
+
+
+def test_claims_of_a_dead_process_are_released(store: Store) -> None:
+    urls = ["https://a.example/rss", "https://b.example/rss"]
+    store.ensure_feeds(urls, NOW)
+    store.claim_due_feeds(urls[:1], NOW, "host:111", timedelta(minutes=15))
+    store.claim_due_feeds(urls[1:], NOW, "host:222", timedelta(minutes=15))
+    assert store.release_claims(lambda owner: owner == "host:111") == 1
+    assert store.claim_due_feeds(urls, NOW, "host:333", timedelta(minutes=15)) == urls[:1]
