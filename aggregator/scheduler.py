@@ -36,8 +36,9 @@ from aggregator.store import Store
 
 log = logging.getLogger(__name__)
 
-# A digest missed by less than this (service down at send time) is sent at start-up.
-CATCH_UP = timedelta(hours=12)
+# A digest whose latest send time passed while the service was down is sent once at start-up;
+# longer than a week, so that a weekly digest is caught up too.
+CATCH_UP = timedelta(days=8)
 # How often the config files are checked for edits.
 RELOAD_EVERY = 2.0
 # A digest that failed for a temporary reason is tried again after 5 min, 10 min, ... 1 h.

@@ -33,7 +33,8 @@ def test_missed_digest_is_caught_up_once_and_only_recently() -> None:
     assert missed_digest(slot + timedelta(hours=2), at, PARIS, last_sent=None)
     assert missed_digest(slot + timedelta(hours=2), at, PARIS, slot - timedelta(days=1))
     assert not missed_digest(slot + timedelta(hours=2), at, PARIS, slot + timedelta(minutes=1))
-    assert not missed_digest(slot + timedelta(hours=13), at, PARIS, last_sent=None)
+    # back in the evening, or days later: sent once (only the latest slot counts)
+    assert missed_digest(slot + timedelta(hours=13), at, PARIS, last_sent=None)
 
 
 def test_retry_delay_backs_off_exponentially_with_a_cap() -> None:
@@ -53,6 +54,8 @@ def test_weekly_slot() -> None:
     # on the Friday itself, before the time: the week before
     early = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
     assert last_slot(early, time(7, 0), PARIS, friday) == datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
-    # down at Friday's send time: caught up when back the same morning, not a day later
+    # down at Friday's send time: caught up when back, the same morning or the next day
     assert missed_digest(datetime(2026, 11, 27, 10, 0, tzinfo=UTC), time(7, 0), PARIS, None, friday)
-    assert not missed_digest(now, time(7, 0), PARIS, None, friday)
+    assert missed_digest(now, time(7, 0), PARIS, None, friday)
+    # ...but only once: after it went out, nothing until the next Friday
+    assert not missed_digest(now, time(7, 0), PARIS, now - timedelta(hours=2), friday)
