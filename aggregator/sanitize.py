@@ -103,6 +103,8 @@ _BLANK_LINES = re.compile(r"\n\s*\n+")
 _LINE_EDGES = re.compile(r" ?\n ?")
 _BLOCK_TAG = re.compile(r"</?(?:" + "|".join(sorted(_BLOCKS)) + r")\b[^>]*>", re.IGNORECASE)
 _ANY_TAG = re.compile(r"<[^>]*>")
+_CELLS = {"td", "th"}
+_CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
 
 
 def clean_html(html: str, base_url: str | None = None) -> str:
@@ -179,6 +181,8 @@ def html_to_text(html: str) -> str:
             walk(child)
         if tag in _BLOCKS:
             parts.append("\n\n")
+        elif tag in _CELLS:
+            parts.append(" ")  # table cells side by side, not glued together
         if element.tail:
             parts.append(element.tail)
 
@@ -196,7 +200,8 @@ def clean_html_to_text(cleaned: str) -> str:
     """
     if not cleaned:
         return ""
-    text = _BLOCK_TAG.sub("\n\n", cleaned)
+    text = _CELL_END.sub(" ", cleaned)
+    text = _BLOCK_TAG.sub("\n\n", text)
     text = _unescape(_ANY_TAG.sub("", text))
     text = _SPACES.sub(" ", text)
     text = _LINE_EDGES.sub("\n", text)

@@ -18,6 +18,14 @@ def test_dangerous_markup_is_removed() -> None:
     assert 'src="https://cdn.example/photo.jpg"' in clean
 
 
+def test_table_cells_are_not_glued_together() -> None:
+    from aggregator.sanitize import clean_html_to_text
+
+    html = "<table><tr><th>Team</th><th>Points</th></tr><tr><td>Reds</td><td>12</td></tr></table>"
+    assert html_to_text(html) == "Team Points\n\nReds 12"
+    assert clean_html_to_text(clean_html(html)) == html_to_text(html)
+
+
 def test_html_to_text_keeps_paragraphs() -> None:
     text = html_to_text("<p>One <b>two</b></p><p>Three</p><ul><li>a</li><li>b</li></ul><script>x()</script>")
     assert text == "One two\n\nThree\n\na\n\nb"
