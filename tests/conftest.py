@@ -229,3 +229,63 @@ def stored_articles(settings: Any) -> list[Any]:
         return store.list_articles()
     finally:
         store.close()
+
+
+class ServiceProcess:
+    """`aggregator run` in a child process, started as a user starts it."""
+
+    def __init__(self, config: Path, heartbeat: Path) -> None:
+        import subprocess
+        import sys
+
+        self.env = {**os.environ, "AGGREGATOR_SERVICE_HEARTBEAT_FILE": str(heartbeat)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> tuple[int, str]:
+        """SIGTERM, then wait: return the exit code and what it wrote on stderr."""
+        import signal
+
+        self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=30)
+        return self.process.returncode, err
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[[Path], ServiceProcess]]:
+    """Return start(config) -> ServiceProcess (heartbeat in tmp_path/hb); all killed at the end."""
+    started: list[ServiceProcess] = []
+
+    def start(config: Path) -> ServiceProcess:
+        service = ServiceProcess(config, tmp_path / "hb")
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.kill()
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``predicate`` every 0.1 s for at most ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False

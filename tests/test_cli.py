@@ -1,19 +1,18 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
 
 from aggregator.cli import build_parser, main
 
-from .conftest import SHARED, ConfigWriter, free_port, serve
+from .conftest import SHARED, ConfigWriter, free_port, serve, wait_for
 
 COMMANDS = [
     ["run"],
@@ -129,56 +128,37 @@ def test_extract_a_real_news_page(write_config: ConfigWriter, capsys: pytest.Cap
     assert len(records) == 2 and all(len(r["text"].split()) > 100 for r in records)
 
 
-def _wait_for(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_run_fetches_and_stops_cleanly_on_sigterm(
-    httpserver: HTTPServer, write_config: ConfigWriter, tmp_path: Path
+    httpserver: HTTPServer,
+    write_config: ConfigWriter,
+    tmp_path: Path,
+    start_service: Any,
 ) -> None:
     feed_url = serve(httpserver, "/feed", "feeds/full-content.rss", "application/rss+xml")
     config = write_config(
         feeds=[{"url": feed_url, "name": "Blog", "full_text": False}], service={"check_every": "1s"}
     )
-    env = {**os.environ, "AGGREGATOR_SERVICE_HEARTBEAT_FILE": str(tmp_path / "hb")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    service = start_service(config)
+    assert wait_for(lambda: len(httpserver.log) >= 1 and (tmp_path / "hb").exists(), 20)
+    health = subprocess.run(
+        [sys.executable, "-m", "aggregator", "health", "--config", str(config)],
+        capture_output=True,
         text=True,
-        env=env,
+        env=service.env,
+        timeout=30,
     )
-    try:
-        assert _wait_for(lambda: len(httpserver.log) >= 1 and (tmp_path / "hb").exists(), 20)
-        health = subprocess.run(
-            [sys.executable, "-m", "aggregator", "health", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
-        assert health.returncode == 0, health.stderr
-        # a second service on the same SQLite file refuses to start
-        second = subprocess.run(
-            [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
-        assert second.returncode == 1 and "another 'aggregator run'" in second.stderr
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
+    assert health.returncode == 0, health.stderr
+    # a second service on the same SQLite file refuses to start
+    second = subprocess.run(
+        [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=service.env,
+        timeout=30,
+    )
+    assert second.returncode == 1 and "another 'aggregator run'" in second.stderr
+    code, err = service.stop()
+    assert code == 0, err
     assert "service stopped" in err
     assert "Traceback" not in err
     assert not (tmp_path / "hb").exists()
@@ -188,7 +168,8 @@ def test_run_sends_a_digest_missed_while_it_was_down(
     httpserver: HTTPServer,
     write_config: ConfigWriter,
     smtp_server,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,  # type: ignore[no-untyped-def],
+    start_service: Any,
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
@@ -202,24 +183,11 @@ def test_run_sends_a_digest_missed_while_it_was_down(
         service={"check_every": "1s"},
     )
     assert main(["fetch", "--config", str(config)]) == 0
-    env = {**os.environ, "AGGREGATOR_SERVICE_HEARTBEAT_FILE": str(tmp_path / "hb")}
     for _ in range(2):  # a restart must not send it again
-        process = subprocess.Popen(
-            [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            assert _wait_for(lambda: (tmp_path / "hb").exists(), 20)
-            process.send_signal(signal.SIGTERM)
-            _, err = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-        assert process.returncode == 0, err
+        service = start_service(config)
+        assert wait_for(lambda: (tmp_path / "hb").exists(), 20)
+        code, err = service.stop()
+        assert code == 0, err
     assert len(smtp_server.messages) == 1
     assert "2 stories" in smtp_server.messages[0]["Subject"]
 
@@ -261,7 +229,10 @@ def test_extract_with_selector_and_html(
 
 
 def test_run_picks_up_config_edits_and_survives_a_bad_one(
-    httpserver: HTTPServer, write_config: ConfigWriter, tmp_path: Path
+    httpserver: HTTPServer,
+    write_config: ConfigWriter,
+    tmp_path: Path,
+    start_service: Any,
 ) -> None:
     import yaml
 
@@ -269,43 +240,31 @@ def test_run_picks_up_config_edits_and_survives_a_bad_one(
     second = serve(httpserver, "/two", "feeds/wire.atom", "application/atom+xml")
     config = write_config(feeds=[{"url": first, "full_text": False}], service={"check_every": "1s"})
     feeds_file = config.parent / "feeds.yaml"
-    env = {**os.environ, "AGGREGATOR_SERVICE_HEARTBEAT_FILE": str(tmp_path / "hb")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    service = start_service(config)
 
     def requested(path: str) -> bool:
         return any(entry[0].path == path for entry in httpserver.log)
 
-    try:
-        assert _wait_for(lambda: requested("/one"), 20)
-        feeds_file.write_text("feeds: [{url: " + first + "\n")  # a bad edit
-        time.sleep(3)
-        assert process.poll() is None
-        feeds_file.write_text(
-            yaml.safe_dump(
-                {"feeds": [{"url": first, "full_text": False}, {"url": second, "full_text": False}]}
-            )
-        )
-        assert _wait_for(lambda: requested("/two"), 20)
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
+    assert wait_for(lambda: requested("/one"), 20)
+    feeds_file.write_text("feeds: [{url: " + first + "\n")  # a bad edit
+    time.sleep(3)
+    assert service.alive()
+    feeds_file.write_text(
+        yaml.safe_dump({"feeds": [{"url": first, "full_text": False}, {"url": second, "full_text": False}]})
+    )
+    assert wait_for(lambda: requested("/two"), 20)
+    code, err = service.stop()
+    assert code == 0, err
     assert "config not reloaded, the last good one stays in force" in err
     assert "feeds.yaml" in err
     assert "config reloaded feeds=2 added=1" in err
 
 
 def test_run_serves_healthz_and_metrics(
-    httpserver: HTTPServer, write_config: ConfigWriter, tmp_path: Path
+    httpserver: HTTPServer,
+    write_config: ConfigWriter,
+    tmp_path: Path,
+    start_service: Any,
 ) -> None:
     import httpx
 
@@ -316,14 +275,7 @@ def test_run_serves_healthz_and_metrics(
         feeds=[{"url": feed_url, "full_text": False}, {"url": httpserver.url_for("/broken")}],
         service={"check_every": "1s", "http": f"127.0.0.1:{port}"},
     )
-    env = {**os.environ, "AGGREGATOR_SERVICE_HEARTBEAT_FILE": str(tmp_path / "hb")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    service = start_service(config)
     base = f"http://127.0.0.1:{port}"
 
     def metrics_text() -> str:
@@ -332,22 +284,16 @@ def test_run_serves_healthz_and_metrics(
         except httpx.HTTPError:
             return ""
 
-    try:
-        assert _wait_for(lambda: 'aggregator_fetches_total{outcome="http"} 1' in metrics_text(), 30)
-        text = metrics_text()
-        assert 'aggregator_fetches_total{outcome="ok"} 1' in text
-        assert "aggregator_articles_stored_total 2" in text
-        assert "aggregator_feeds_in_error 1" in text
-        health = httpx.get(f"{base}/healthz", timeout=2)
-        assert health.status_code == 200
-        body = health.json()
-        assert body["scheduler"] == "running" and body["database"] == "ok"
-        assert body["last_successful_fetch"] and body["feeds_in_error"] == 1
-        assert httpx.get(f"{base}/nope", timeout=2).status_code == 404
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
+    assert wait_for(lambda: 'aggregator_fetches_total{outcome="http"} 1' in metrics_text(), 30)
+    text = metrics_text()
+    assert 'aggregator_fetches_total{outcome="ok"} 1' in text
+    assert "aggregator_articles_stored_total 2" in text
+    assert "aggregator_feeds_in_error 1" in text
+    health = httpx.get(f"{base}/healthz", timeout=2)
+    assert health.status_code == 200
+    body = health.json()
+    assert body["scheduler"] == "running" and body["database"] == "ok"
+    assert body["last_successful_fetch"] and body["feeds_in_error"] == 1
+    assert httpx.get(f"{base}/nope", timeout=2).status_code == 404
+    code, err = service.stop()
+    assert code == 0, err

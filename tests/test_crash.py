@@ -15,7 +15,7 @@ from werkzeug import Request, Response
 
 from aggregator.config import load_settings
 
-from .conftest import ConfigWriter, base_url, stored_articles
+from .conftest import ConfigWriter, base_url, stored_articles, wait_for
 
 FEEDS, ENTRIES = 5, 4
 
@@ -59,15 +59,6 @@ def start(config: Path, tmp_path: Path) -> subprocess.Popen[str]:
     )
 
 
-def wait(predicate, seconds: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_kill_9_mid_refresh_then_restart(
     httpserver: HTTPServer, write_config: ConfigWriter, tmp_path: Path
 ) -> None:
@@ -83,7 +74,7 @@ def test_kill_9_mid_refresh_then_restart(
     process = start(config, tmp_path)
     try:
         # Some pages fetched, the refresh not finished: kill it the hard way.
-        assert wait(lambda: pages_fetched() >= 4, 30)
+        assert wait_for(lambda: pages_fetched() >= 4, 30)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
     finally:
@@ -94,7 +85,7 @@ def test_kill_9_mid_refresh_then_restart(
     # The lock of the killed service died with it: a restart is allowed and completes the work.
     process = start(config, tmp_path)
     try:
-        assert wait(lambda: len(stored_articles(settings)) >= FEEDS * ENTRIES, 60)
+        assert wait_for(lambda: len(stored_articles(settings)) >= FEEDS * ENTRIES, 60)
         time.sleep(1.5)  # a further pass must add nothing
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)

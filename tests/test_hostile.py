@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -284,7 +281,11 @@ def test_resolver_mapping_to_a_private_address_is_refused_before_connecting(
 
 
 def test_service_survives_the_catalogue(
-    hostile: dict[str, str], write_config: ConfigWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    hostile: dict[str, str],
+    write_config: ConfigWriter,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    start_service: Any,
 ) -> None:
     config = write_config(
         feeds=[{"url": url, "name": name} for name, url in hostile.items()],
@@ -292,35 +293,22 @@ def test_service_survives_the_catalogue(
         extract={"enabled": False},
         service={"check_every": "1s"},
     )
-    env = {**os.environ, "AGGREGATOR_SERVICE_HEARTBEAT_FILE": str(tmp_path / "hb")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "run", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 40
-        records: dict[str, dict[str, object]] = {}
-        while time.monotonic() < deadline:
-            time.sleep(1)
-            assert process.poll() is None, process.communicate()[1]
-            assert main(["feeds", "--json", "--config", str(config)]) == 0
-            records = {r["url"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
-            if all(r["last_fetch"] for r in records.values()):
-                break
-        assert all(r["last_fetch"] for r in records.values()), records
-        assert records[hostile["good"]]["article_count"] == 3
-        assert records[hostile["json"]]["article_count"] == 2
-        assert records[hostile["drip"]]["error_kind"] == "timeout"
-        assert records[hostile["bomb"]]["error_kind"] == "parse"
-        assert process.poll() is None  # still running after all of it
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
+    service = start_service(config)
+    deadline = time.monotonic() + 40
+    records: dict[str, dict[str, object]] = {}
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        assert service.alive()
+        assert main(["feeds", "--json", "--config", str(config)]) == 0
+        records = {r["url"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+        if all(r["last_fetch"] for r in records.values()):
+            break
+    assert all(r["last_fetch"] for r in records.values()), records
+    assert records[hostile["good"]]["article_count"] == 3
+    assert records[hostile["json"]]["article_count"] == 2
+    assert records[hostile["drip"]]["error_kind"] == "timeout"
+    assert records[hostile["bomb"]]["error_kind"] == "parse"
+    assert service.alive()  # still running after all of it
+    code, err = service.stop()
+    assert code == 0, err
     assert "Traceback" not in err
