@@ -13,7 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import dedup_quality, digest_render, extraction_quality, extraction_speed, fetch
+from benchmarks import (
+    dedup_quality,
+    digest_render,
+    extraction_quality,
+    extraction_speed,
+    fetch,
+    soak,
+)
 from benchmarks.report import machine_summary, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the benchmarks and update the report")
     run.add_argument("--quick", action="store_true", help="tiny sizes; checks the suite runs")
     run.add_argument("--no-peers", action="store_true", help="skip the peer programs")
+    run.add_argument(
+        "--soak", action="store_true", help="also the 15-minute soak of `aggregator run` (benchmarks/soak.py)"
+    )
     run.add_argument(
         "--output",
         type=Path,
@@ -52,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped the extraction benchmarks: {data} is absent", file=sys.stderr)
     blocks["dedup-quality"] = dedup_quality.table(dedup_quality.evaluate())
     blocks["digest"] = digest_render.table([100] if args.quick else [1000, 10_000])
+    if args.soak:
+        blocks["soak"] = soak.table(soak.run(0.5 if args.quick else 15, 50, 120))
     report = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
     for name, body in blocks.items():
         report = replace_block(report, name, body)

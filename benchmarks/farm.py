@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -127,17 +128,35 @@ def page_html(index: int, item: str) -> bytes:
 
 
 class Farm:
-    def __init__(self, feeds: int, latency: float, base: str, pages: list[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        feeds: int,
+        latency: float,
+        base: str,
+        pages: list[bytes] | None = None,
+        churn_seconds: float = 0,
+    ) -> None:
         self.feeds, self.latency, self.base = feeds, latency, base
         self.pages = pages or []
-        self._plain: dict[int, bytes] = {}
-        self._gzip: dict[int, bytes] = {}
+        self.churn = churn_seconds
+        self._plain: dict[tuple[int, int], bytes] = {}
+        self._gzip: dict[tuple[int, int], bytes] = {}
+
+    def generation(self, index: int) -> int:
+        """With churn, feed i gets new items every ``churn`` seconds (feeds staggered)."""
+        if not self.churn:
+            return 0
+        return int((time.monotonic() + index * self.churn / max(1, self.feeds)) // self.churn)
 
     def body(self, index: int, gzipped: bool) -> bytes:
-        if index not in self._plain:
-            self._plain[index] = feed_xml(index, self.base)
-            self._gzip[index] = gzip.compress(self._plain[index], compresslevel=5)
-        return self._gzip[index] if gzipped else self._plain[index]
+        key = (index, self.generation(index))
+        if key not in self._plain:
+            if self.churn:  # keep only the current generation of each feed
+                for old in [k for k in self._plain if k[0] == index]:
+                    del self._plain[old], self._gzip[old]
+            self._plain[key] = feed_xml(index, self.base, generation=key[1])
+            self._gzip[key] = gzip.compress(self._plain[key], compresslevel=5)
+        return self._gzip[key] if gzipped else self._plain[key]
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -164,10 +183,12 @@ class Farm:
         status, extra, body = "200 OK", {}, b""
         if path.startswith("/feed/") and path.endswith(".xml"):
             index = int(path[6:-4])
-            etag = f'"farm-{index}"'
+            etag = f'"farm-{index}-{self.generation(index)}"'
             if index >= self.feeds:
                 status, body = "404 Not Found", b"no such feed"
-            elif headers.get("if-none-match") == etag or headers.get("if-modified-since") == LAST_MODIFIED:
+            elif headers.get("if-none-match") == etag or (
+                not self.churn and headers.get("if-modified-since") == LAST_MODIFIED
+            ):
                 status = "304 Not Modified"
                 extra = {"ETag": etag, "Last-Modified": LAST_MODIFIED}
             else:
@@ -205,12 +226,13 @@ def serve(
     latency_ms: float,
     ready: Any = None,
     pages_dir: str | None = None,
+    churn_seconds: float = 0,
 ) -> None:
     """Serve the farm on an already bound socket until SIGTERM."""
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     host, port = sock.getsockname()[:2]
     pages = [p.read_bytes() for p in sorted(Path(pages_dir).glob("*.html"))] if pages_dir else None
-    farm = Farm(feeds, latency_ms / 1000, f"http://{host}:{port}", pages)
+    farm = Farm(feeds, latency_ms / 1000, f"http://{host}:{port}", pages, churn_seconds)
     # Every body is made before serving, so that no client pays for the farm's own work.
     for index in range(feeds):
         farm.body(index, True)
@@ -226,7 +248,9 @@ def serve(
 
 
 @contextmanager
-def start_farm(feeds: int, latency_ms: float = 0, pages_dir: Path | None = None) -> Iterator[str]:
+def start_farm(
+    feeds: int, latency_ms: float = 0, pages_dir: Path | None = None, churn_seconds: float = 0
+) -> Iterator[str]:
     """Run the farm in a child process on 127.0.0.1; yield its base URL.
 
     With ``pages_dir``, article pages are the HTML files there (real pages), in turn.
@@ -240,7 +264,7 @@ def start_farm(feeds: int, latency_ms: float = 0, pages_dir: Path | None = None)
     ready = context.Event()
     process = context.Process(
         target=serve,
-        args=(sock, feeds, latency_ms, ready, str(pages_dir) if pages_dir else None),
+        args=(sock, feeds, latency_ms, ready, str(pages_dir) if pages_dir else None, churn_seconds),
         daemon=True,
     )
     process.start()
