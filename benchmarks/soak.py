@@ -63,10 +63,12 @@ def run(minutes: float, feeds: int, churn: float) -> dict[str, Any]:
             "service": {"check_every": "5s", "heartbeat_file": str(folder / "hb")},
         }
         (folder / "aggregator.yaml").write_text(yaml.safe_dump(config))
+        # Logs to a file: a pipe nobody reads fills up and stalls the service.
+        log_file = (folder / "service.log").open("w")
         process = subprocess.Popen(
             [sys.executable, "-m", "aggregator", "run", "--config", str(folder / "aggregator.yaml")],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=log_file,
             text=True,
         )
         started = time.monotonic()
@@ -74,7 +76,8 @@ def run(minutes: float, feeds: int, churn: float) -> dict[str, Any]:
             while time.monotonic() - started < minutes * 60:
                 time.sleep(10)
                 if process.poll() is not None:
-                    raise RuntimeError(f"the service exited: {process.stderr.read()[-2000:]}")
+                    tail = (folder / "service.log").read_text()[-2000:]
+                    raise RuntimeError(f"the service exited: {tail}")
                 samples.append(
                     {
                         "minute": (time.monotonic() - started) / 60,
@@ -88,6 +91,8 @@ def run(minutes: float, feeds: int, churn: float) -> dict[str, Any]:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
+            log_file.close()
         stored = subprocess.run(
             [
                 sys.executable,
