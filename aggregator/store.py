@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy import Engine, delete, exists, func, insert, or_, select, text, update
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from aggregator.database import create_db_engine, migrate
@@ -238,14 +238,6 @@ class Store:
                 update(Feed).where(Feed.claimed_by.in_(gone)).values(claimed_by=None, lease_until=None)
             )
             return int(result.rowcount or 0)
-
-    def next_due(self, urls: Sequence[str]) -> datetime | None:
-        """Return the earliest next fetch time among ``urls`` (None when one was never fetched)."""
-        with self._session() as session:
-            times = list(session.scalars(select(Feed.next_fetch_at).where(Feed.url.in_(list(urls)))))
-        if len(times) < len(set(urls)) or any(t is None for t in times):
-            return None
-        return min(t for t in times if t is not None)
 
     def seen(self, feed_url: str, entry_keys: Iterable[str], link_keys: Iterable[str]) -> Seen:
         """Return which entries and links are stored already, in two queries."""
@@ -804,10 +796,6 @@ class Store:
             if run is not None:
                 run.status, run.error = "failed", error[:2000]
 
-    def digest_run_status(self, run_key: str) -> str | None:
-        with self._session() as session:
-            return session.scalar(select(DigestRun.status).where(DigestRun.run_key == run_key))
-
     def last_digest_sent(self, digest_name: str) -> datetime | None:
         with self._session() as session:
             return session.scalar(
@@ -910,9 +898,3 @@ def _to_stored(row: object) -> StoredArticle:
         extraction=article.extraction,
         duplicate_of=article.duplicate_of,
     )
-
-
-def wrap_errors(exc: SQLAlchemyError) -> StorageError:
-    """Return a StorageError with a one-line reason for a SQLAlchemy failure."""
-    orig = getattr(exc, "orig", None) or exc
-    return StorageError(f"database error: {str(orig).strip().splitlines()[0]}")
