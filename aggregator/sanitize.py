@@ -99,8 +99,6 @@ _BLOCKS = {
     "dd",
 }
 _SPACES = re.compile(r"[ \t\u00a0\r\f\v]+")
-_BLANK_LINES = re.compile(r"\n\s*\n+")
-_LINE_EDGES = re.compile(r" ?\n ?")
 _BLOCK_TAG = re.compile(r"</?(?:" + "|".join(sorted(_BLOCKS)) + r")\b[^>]*>", re.IGNORECASE)
 _ANY_TAG = re.compile(r"<[^>]*>")
 _CELLS = {"td", "th"}
@@ -187,9 +185,7 @@ def html_to_text(html: str) -> str:
             parts.append(element.tail)
 
     walk(root)
-    text = _SPACES.sub(" ", "".join(parts))
-    text = _LINE_EDGES.sub("\n", text)
-    return _BLANK_LINES.sub("\n\n", text).strip()
+    return _tidy_lines("".join(parts))
 
 
 def clean_html_to_text(cleaned: str) -> str:
@@ -202,10 +198,27 @@ def clean_html_to_text(cleaned: str) -> str:
         return ""
     text = _CELL_END.sub(" ", cleaned)
     text = _BLOCK_TAG.sub("\n\n", text)
-    text = _unescape(_ANY_TAG.sub("", text))
-    text = _SPACES.sub(" ", text)
-    text = _LINE_EDGES.sub("\n", text)
-    return _BLANK_LINES.sub("\n\n", text).strip()
+    return _tidy_lines(_unescape(_ANY_TAG.sub("", text)))
+
+
+def _tidy_lines(text: str) -> str:
+    """Return ``text`` with spaces collapsed, lines trimmed and blank lines kept single.
+
+    str.split() does in C what three regular expressions did: this runs on every entry of
+    every feed, and a substitution at each space cost more than the rest of the conversion.
+    """
+    lines: list[str] = []
+    blank = False
+    for line in text.split("\n"):
+        words = line.split()
+        if not words:
+            blank = True
+            continue
+        if blank and lines:
+            lines.append("")
+        lines.append(" ".join(words))
+        blank = False
+    return "\n".join(lines)
 
 
 def text_to_html(text: str) -> str:
