@@ -98,10 +98,16 @@ class Service:
         self._stopping.set()
 
     def _is_dead_owner(self, owner: str) -> bool:
-        """True for a claim of a process of this host that no longer runs (e.g. killed -9)."""
+        """True for a claim of a process of this host that no longer runs (e.g. killed -9).
+
+        Asked at start-up only, before this process claims anything: a claim under our own
+        name is a predecessor's that had our pid, as a restarted container's PID 1 does.
+        """
         host, _, pid = owner.rpartition(":")
-        if host != socket.gethostname() or not pid.isdigit() or owner == self._owner:
+        if host != socket.gethostname() or not pid.isdigit():
             return False
+        if owner == self._owner:
+            return True
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
