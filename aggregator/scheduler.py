@@ -299,9 +299,11 @@ class Service:
         except ConfigError:
             log.warning("digest %s is no longer configured", name)
             return
+        now = self.clock()
+        slot = last_slot(now, digest.send_at, digest.zone, digest.weekday)
         try:
             report = await asyncio.to_thread(
-                send_digest, store, self.settings, self.clock(), None, time_module.sleep, digest
+                send_digest, store, self.settings, now, None, time_module.sleep, digest, slot
             )
         except DeliveryError as exc:
             metrics.count("aggregator_digest_deliveries_total", result="failed")

@@ -197,7 +197,9 @@ def test_three_processes_share_the_feeds_survive_a_kill_and_send_one_digest(
         for process in survivors:
             assert services.stop(process) == 0, services.log(process)[-2000:]
         second = [services.start() for _ in range(3)]
-        outcome = re.compile(r"digest delivered|being sent by another process|nothing new to send")
+        outcome = re.compile(
+            r"digest delivered|being sent by another process|already sent for|nothing new to send"
+        )
         assert wait_for(lambda: all(outcome.search(services.log(p)) for p in second), WAIT), [
             services.log(p)[-1500:] for p in second
         ]
