@@ -169,14 +169,15 @@ def table(result: dict[str, Any]) -> str:
         "runs from the first feed claimed to the last poll recorded.",
         "",
         "| processes | articles | pass (s) | articles/s | vs 1 process | command to done (s) | CPU (s) "
-        "| feeds per process |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| CPU ms/article | feeds per process |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         rate = row["articles"] / row["pass_s"]
         lines.append(
-            f"| {row['processes']} | {row['articles']:,} | {row['pass_s']:.1f} | {rate:.0f} | "
+            f"| {row['processes']} | {row['articles']:,} | {row['pass_s']:.1f} | {rate:.1f} | "
             f"{rate / one:.2f}× | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | "
+            f"{1000 * row['cpu_s'] / row['articles']:.0f} | "
             f"{' / '.join(map(str, row['feeds_per_process']))} |"
         )
     return "\n".join(lines) + "\n"
