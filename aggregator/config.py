@@ -43,7 +43,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH = Path("config/aggregator.yaml")
 ENV_PREFIX = "AGGREGATOR_"
 # Variables with this prefix that are not settings (they configure the CLI or the tests).
-_NON_SETTING_ENV = {"CONFIG", "SMTP_PASSWORD", "TEST_POSTGRES_URL", "LOG_FORMAT", "LOG_LEVEL"}
+_NON_SETTING_ENV = {
+    "CONFIG",
+    "SMTP_PASSWORD",
+    "TEST_POSTGRES_URL",
+    "BENCH_POSTGRES_URL",
+    "LOG_FORMAT",
+    "LOG_LEVEL",
+}
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)

@@ -48,9 +48,13 @@ def send_digest(
     since: datetime | None = None,
     sleep: Callable[[float], None] = time.sleep,
     digest: DigestSettings | None = None,
+    slot: datetime | None = None,
 ) -> DeliveryReport:
     """Build and deliver one digest (the first configured by default); its articles count as
     sent only once delivery succeeded.
+
+    ``slot``: the scheduled send time this delivery is for; nothing is sent when a run of
+    this digest was delivered at or after it (another process sharing the database sent it).
 
     A run recorded earlier but never delivered (an outage, or a crash between the server's
     acceptance and our bookkeeping) goes first, rebuilt from its own articles with its own
@@ -61,6 +65,15 @@ def send_digest(
         if not mine:
             log.info("digest=%s is being sent by another process", config.name)
             return DeliveryReport(None, "")
+        if slot is not None:
+            # Checked under the lock: a process whose job fires after another's delivery
+            # must not send what arrived since as a second digest for the same time.
+            last_sent = store.last_digest_sent(config.name)
+            if last_sent is not None and last_sent >= slot:
+                log.info(
+                    "digest=%s already sent for %s by another process", config.name, f"{slot:%Y-%m-%d %H:%M}"
+                )
+                return DeliveryReport(None, "")
         return _send_locked(store, settings, now, since, sleep, config)
 
 

@@ -31,6 +31,7 @@ from aggregator.database import normalise_url
 from aggregator.delivery import send_digest
 from aggregator.errors import AggregatorError, ConfigError, DeliveryError, StorageError
 from aggregator.fetcher import Fetcher
+from aggregator.models import RefreshOutcome
 from aggregator.pipeline import Pipeline
 from aggregator.store import Store
 
@@ -88,7 +89,7 @@ class Service:
         self.config_path = config_path
         self._config_stamp = _stamp(settings)
         self.clock = clock or (lambda: datetime.now(UTC))
-        self._refreshing: asyncio.Task[object] | None = None
+        self._refreshing: asyncio.Future[list[RefreshOutcome]] | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = asyncio.Event()
@@ -97,10 +98,16 @@ class Service:
         self._stopping.set()
 
     def _is_dead_owner(self, owner: str) -> bool:
-        """True for a claim of a process of this host that no longer runs (e.g. killed -9)."""
+        """True for a claim of a process of this host that no longer runs (e.g. killed -9).
+
+        Asked at start-up only, before this process claims anything: a claim under our own
+        name is a predecessor's that had our pid, as a restarted container's PID 1 does.
+        """
         host, _, pid = owner.rpartition(":")
-        if host != socket.gethostname() or not pid.isdigit() or owner == self._owner:
+        if host != socket.gethostname() or not pid.isdigit():
             return False
+        if owner == self._owner:
+            return True
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
@@ -227,28 +234,64 @@ class Service:
     async def _refresh_job(self, store: Store, pipeline: Pipeline) -> None:
         if self._stopping.is_set():
             return
-        feeds = self.settings.feeds
         try:
-            urls = [f.url for f in feeds]
-            now = self.clock()
-            await asyncio.to_thread(store.ensure_feeds, urls, now)
-            # Claimed, not just due: several processes sharing PostgreSQL split the feeds.
-            due_urls = set(
-                await asyncio.to_thread(
-                    store.claim_due_feeds, urls, now, self._owner, self.settings.service.lease
-                )
-            )
-            due = [f for f in feeds if f.url in due_urls]
-            if not due:
-                return
-            self._refreshing = asyncio.ensure_future(pipeline.refresh_all(due))
+            urls = [f.url for f in self.settings.feeds]
+            await asyncio.to_thread(store.ensure_feeds, urls, self.clock())
+            self._refreshing = asyncio.ensure_future(self._refresh_claimed(store, pipeline, urls))
             outcomes = await asyncio.shield(self._refreshing)
         except StorageError as exc:
             log.error("refresh skipped: %s", exc)
             return
-        failed = sum(1 for o in outcomes if not o.ok)  # type: ignore[attr-defined]
-        new = sum(o.new_articles for o in outcomes)  # type: ignore[attr-defined]
-        log.info("refresh pass feeds=%d new_articles=%d failed=%d", len(due), new, failed)
+        if not outcomes:
+            return
+        failed = sum(1 for o in outcomes if not o.ok)
+        new = sum(o.new_articles for o in outcomes)
+        log.info("refresh pass feeds=%d new_articles=%d failed=%d", len(outcomes), new, failed)
+
+    async def _refresh_claimed(
+        self, store: Store, pipeline: Pipeline, urls: list[str]
+    ) -> list[RefreshOutcome]:
+        """Claim the due feeds and refresh them; return their outcomes.
+
+        On a database several processes share, claims are taken a few at a time as earlier
+        ones finish, at most ``fetch.concurrency`` held at once: a process claiming every due
+        feed in one go would leave nothing for the others (and its last feeds' leases would
+        run out while they wait). SQLite serves one process: everything is claimed at once.
+        """
+        by_url = {f.url: f for f in self.settings.feeds}
+        due = await asyncio.to_thread(store.due_feeds, urls, self.clock())
+        if store.shared:
+            hold = self.settings.fetch.concurrency
+            step = max(1, hold // 4)
+        else:
+            hold = step = max(1, len(due))
+        running: dict[asyncio.Future[list[RefreshOutcome]], int] = {}
+        outcomes: list[RefreshOutcome] = []
+        position = 0
+        try:
+            while True:
+                # Bounded: each turn either claims from ``due`` (which only shrinks) or waits.
+                while position < len(due) and not self._stopping.is_set():
+                    room = hold - sum(running.values())
+                    if running and room < step:
+                        break
+                    offered = due[position : position + min(room, step)]
+                    position += len(offered)
+                    claimed = await asyncio.to_thread(
+                        store.claim_due_feeds, offered, self.clock(), self._owner, self.settings.service.lease
+                    )
+                    if claimed:
+                        task = asyncio.ensure_future(pipeline.refresh_all([by_url[u] for u in claimed]))
+                        running[task] = len(claimed)
+                if not running:
+                    return outcomes
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    del running[task]
+                    outcomes.extend(task.result())
+        finally:
+            for task in running:
+                task.cancel()
 
     async def _digest_job(self, store: Store, name: str | None = None, retry: int = 0) -> None:
         try:
@@ -256,9 +299,11 @@ class Service:
         except ConfigError:
             log.warning("digest %s is no longer configured", name)
             return
+        now = self.clock()
+        slot = last_slot(now, digest.send_at, digest.zone, digest.weekday)
         try:
             report = await asyncio.to_thread(
-                send_digest, store, self.settings, self.clock(), None, time_module.sleep, digest
+                send_digest, store, self.settings, now, None, time_module.sleep, digest, slot
             )
         except DeliveryError as exc:
             metrics.count("aggregator_digest_deliveries_total", result="failed")

@@ -157,6 +157,11 @@ class Store:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    @property
+    def shared(self) -> bool:
+        """True when several processes may use this database at once (PostgreSQL)."""
+        return self.engine.dialect.name == "postgresql"
+
     def ping(self) -> None:
         """Raise StorageError unless the database answers."""
         try:

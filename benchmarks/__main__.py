@@ -2,6 +2,7 @@
 
     python -m benchmarks run            # the full suite (several minutes)
     python -m benchmarks run --quick    # tiny sizes, to check that the suite still works
+    python -m benchmarks run --postgres URL   # also scale-out: 1, 2, 3 services on PostgreSQL
 
 Each benchmark owns a block of docs/PERFORMANCE.md between `<!-- NAME:begin -->` and
 `<!-- NAME:end -->`; the text around the blocks is kept.
@@ -10,6 +11,7 @@ Each benchmark owns a block of docs/PERFORMANCE.md between `<!-- NAME:begin -->`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from benchmarks import (
     extraction_quality,
     extraction_speed,
     fetch,
+    scaleout,
     soak,
 )
 from benchmarks.report import machine_summary, replace_block
@@ -36,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-peers", action="store_true", help="skip the peer programs")
     run.add_argument(
         "--soak", action="store_true", help="also the 15-minute soak of `aggregator run` (benchmarks/soak.py)"
+    )
+    run.add_argument(
+        "--postgres",
+        default=os.environ.get(scaleout.ENV),
+        metavar="URL",
+        help=f"a PostgreSQL database for the scale-out benchmark (default: ${scaleout.ENV}); "
+        "skipped without one",
     )
     run.add_argument(
         "--output",
@@ -62,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped the extraction benchmarks: {data} is absent", file=sys.stderr)
     blocks["dedup-quality"] = dedup_quality.table(dedup_quality.evaluate())
     blocks["digest"] = digest_render.table([100] if args.quick else [1000, 10_000])
+    if args.postgres and data.is_dir():
+        feeds, counts = (4, (1, 2)) if args.quick else (40, (1, 2, 3))
+        blocks["scaleout"] = scaleout.table(scaleout.run(args.postgres, feeds, counts, data))
+    else:
+        print(f"skipped the scale-out benchmark: give --postgres or set {scaleout.ENV}", file=sys.stderr)
     if args.soak:
         blocks["soak"] = soak.table(soak.run(0.5 if args.quick else 15, 50, 120))
     report = args.output.read_text(encoding="utf-8") if args.output.exists() else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import os
 import socket
@@ -140,6 +141,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'aggregator.db'}"
         return
+    with _fresh_postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema (skipped when none is configured)."""
+    with _fresh_postgres_schema() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _fresh_postgres_schema() -> Iterator[str]:
     if not POSTGRES_URL:
         pytest.skip("AGGREGATOR_TEST_POSTGRES_URL is not set")
     import psycopg

@@ -303,6 +303,11 @@ def test_aggregator_can_be_scaled(compose: dict[str, Any]) -> None:
     service = _service(compose, "aggregator")
     assert "container_name" not in service
     assert not service.get("ports")
+    # Several processes need PostgreSQL: a second service on SQLite refuses to start.
+    url = make_url(_environment(service)["AGGREGATOR_DATABASE_URL"])
+    assert url.get_backend_name() == "postgresql"
+    for text in (COMPOSE.read_text(encoding="utf-8"), README.read_text(encoding="utf-8")):
+        assert "docker compose up -d --scale aggregator=3" in text
 
 
 # -- Dockerfile ------------------------------------------------------------------------------

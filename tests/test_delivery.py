@@ -437,3 +437,43 @@ def test_a_run_left_pending_is_resent_as_it_was(smtp_server: SmtpSink, write_con
     assert unsent(settings) == 0
     deliver(settings)
     assert len(smtp_server.messages) == 2
+
+
+def test_a_digest_sent_for_its_slot_is_not_sent_again_for_it(
+    smtp_server: SmtpSink, write_config: ConfigWriter
+) -> None:
+    """Several processes: one whose job fires after another delivered sends nothing, even
+    with articles that arrived since; the next slot, or a send asked for by hand, sends them."""
+    settings = seeded_settings(write_config, smtp_server.port)
+    slot = last_slot(NOW, settings.digest.send_at, settings.digest.zone)
+    store = Store.open(settings.database_url)
+    try:
+        assert send_digest(store, settings, NOW, slot=slot).digest is not None
+        store.store_refresh(
+            "https://b.example/feed",
+            [
+                NewArticle(
+                    "https://b.example/feed",
+                    "b2",
+                    "https://b.example/2",
+                    "Arrived after",
+                    None,
+                    NOW,
+                    "",
+                    f"Later. {body('later')}",
+                    "",
+                    "feed",
+                    None,
+                )
+            ],
+            FetchRecord(200, None, None, "Feed", None, NOW, NOW),
+        )
+        later = NOW + timedelta(seconds=2)
+        assert send_digest(store, settings, later, slot=slot).digest is None
+        assert len(smtp_server.messages) == 1
+        tomorrow = NOW + timedelta(days=1)
+        next_slot = last_slot(tomorrow, settings.digest.send_at, settings.digest.zone)
+        assert send_digest(store, settings, tomorrow, slot=next_slot).digest is not None
+    finally:
+        store.close()
+    assert len(smtp_server.messages) == 2 and "1 story" in smtp_server.messages[1]["Subject"]

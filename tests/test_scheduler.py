@@ -59,3 +59,23 @@ def test_weekly_slot() -> None:
     assert missed_digest(now, time(7, 0), PARIS, None, friday)
     # ...but only once: after it went out, nothing until the next Friday
     assert not missed_digest(now, time(7, 0), PARIS, now - timedelta(hours=2), friday)
+
+
+def test_claims_under_our_own_name_at_start_up_are_a_predecessors(sqlite_url: str) -> None:
+    """A restarted container's service is PID 1 again, with the hostname of the one that died."""
+    from aggregator.config import Settings
+    from aggregator.scheduler import Service
+    from aggregator.store import Store
+
+    now = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    urls = ["https://a.example/feed", "https://b.example/feed"]
+    service = Service(Settings(database_url=sqlite_url))
+    store = Store.open(sqlite_url)
+    try:
+        store.ensure_feeds(urls, now)
+        store.claim_due_feeds(urls[:1], now, service._owner, timedelta(minutes=15))
+        store.claim_due_feeds(urls[1:], now, "elsewhere:1", timedelta(minutes=15))
+        assert store.release_claims(service._is_dead_owner) == 1
+        assert store.claim_due_feeds(urls, now, "next:2", timedelta(minutes=15)) == urls[:1]
+    finally:
+        store.close()
