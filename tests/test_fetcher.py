@@ -210,3 +210,55 @@ def test_failed_fetch_errors_survive_pickling() -> None:
     assert (error.kind, str(error), error.status, error.retry_after) == ("http", "HTTP 429", 429, "120")
     blocked = pickle.loads(pickle.dumps(BlockedAddressError("no")))
     assert isinstance(blocked, BlockedAddressError) and blocked.kind == "blocked"
+
+
+def test_https_connections_are_verified_and_reused() -> None:
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import trustme
+
+    authority = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    connections: list[object] = []
+
+    class KeepAlive(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, unlike pytest-httpserver's server
+
+        def setup(self) -> None:
+            connections.append(self.client_address)
+            super().setup()
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/rss+xml")
+            self.send_header("Content-Length", "6")
+            self.end_headers()
+            self.wfile.write(b"<rss/>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    server.socket = server_context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/feed"
+    try:
+        trusting = ssl.create_default_context()
+        authority.configure_trust(trusting)
+
+        async def twice() -> list[FetchResult]:
+            settings = FetchSettings(allow_private_networks=True, timeout="5s", concurrency=1)
+            async with Fetcher(settings, ssl_context=trusting) as fetcher:
+                return [await fetcher.fetch(url) for _ in range(2)]
+
+        assert [r.body for r in asyncio.run(twice())] == [b"<rss/>", b"<rss/>"]
+        assert len(connections) == 1  # the second request went over the same TLS connection
+        with pytest.raises(FetchError) as refused:  # the system's authorities do not know ours
+            fetch(LOOPBACK_OK, url)
+        assert refused.value.kind == "tls"
+    finally:
+        server.shutdown()
+        server.server_close()
