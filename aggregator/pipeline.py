@@ -126,7 +126,9 @@ class Pipeline:
             added, duplicates = await self._in_worker(finish, feed.url, ingested, pages)
         for warning in ingested.warnings:
             log.warning("%s feed=%s", warning, feed.url)
-        log.info(
+        # A poll that brought nothing new is routine: the pass summary counts it.
+        log.log(
+            logging.INFO if added else logging.DEBUG,
             "refreshed feed=%s entries=%d new=%d duplicates=%d",
             feed.url,
             ingested.entries,
@@ -207,7 +209,7 @@ class Pipeline:
         self._unchanged.append(NotModified(feed.url, now, now + interval, location))
         if len(self._unchanged) >= 500:
             await self._record_unchanged()
-        log.info("not modified feed=%s", feed.url)
+        log.debug("not modified feed=%s", feed.url)
         return RefreshOutcome(feed.url, ok=True, status=304, not_modified=True)
 
     async def _in_worker(self, function: Callable[..., T], *args: Any) -> T:
