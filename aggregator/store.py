@@ -519,23 +519,42 @@ class Store:
         """Record polls answered 304, many in one transaction (a pass is mostly these)."""
         if not records:
             return
+        feeds = Feed.__table__
+        # One executemany per shape of row instead of a statement per feed: this runs in a
+        # thread of the event loop's process, and every statement held the GIL it needs.
+        shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}
+        for record in records:
+            row: dict[str, object] = {
+                "b_url": record.feed_url,
+                "b_now": record.now,
+                "b_next": record.next_fetch,
+            }
+            if record.location is not None:
+                row.update({f"b_{name}": value for name, value in record.location.values().items()})
+            shapes.setdefault(tuple(row), []).append(row)
         with self._writing() as session:
-            for record in records:
-                values: dict[str, object] = {
-                    "last_fetch_at": record.now,
-                    "last_success_at": record.now,
-                    "last_status": 304,
-                    "last_error": None,
-                    "error_kind": None,
-                    "consecutive_failures": 0,
-                    "next_fetch_at": record.next_fetch,
-                    "gone_at": None,
-                    "claimed_by": None,
-                    "lease_until": None,
-                }
-                if record.location is not None:
-                    values.update(record.location.values())
-                session.execute(update(Feed).where(Feed.url == record.feed_url).values(**values))
+            connection = session.connection()
+            for shape, rows in shapes.items():
+                fixed = ("b_url", "b_now", "b_next")
+                moved = {name[2:]: bindparam(name) for name in shape if name not in fixed}
+                statement = (
+                    update(feeds)
+                    .where(feeds.c.url == bindparam("b_url"))
+                    .values(
+                        last_fetch_at=bindparam("b_now"),
+                        last_success_at=bindparam("b_now"),
+                        last_status=304,
+                        last_error=None,
+                        error_kind=None,
+                        consecutive_failures=0,
+                        next_fetch_at=bindparam("b_next"),
+                        gone_at=None,
+                        claimed_by=None,
+                        lease_until=None,
+                        **moved,
+                    )
+                )
+                connection.execute(statement, rows)
 
     def record_gone(self, feed_url: str, *, now: datetime, message: str) -> None:
         """Record 410 Gone: the feed is not polled again until fetched explicitly."""
