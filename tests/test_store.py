@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,8 +10,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
+from aggregator.config import DigestSettings, FeedConfig
 from aggregator.database import create_db_engine, migrate
 from aggregator.dedup import BANDS, url_key
+from aggregator.digest import build_digest
 from aggregator.errors import StorageError
 from aggregator.models import NewArticle
 from aggregator.schema import ArticleBand, Base
@@ -410,3 +413,45 @@ def test_claims_of_a_dead_process_are_released(store: Store) -> None:
     store.claim_due_feeds(urls[1:], NOW, "host:222", timedelta(minutes=15))
     assert store.release_claims(lambda owner: owner == "host:111") == 1
     assert store.claim_due_feeds(urls, NOW, "host:333", timedelta(minutes=15)) == urls[:1]
+
+
+def published_at(new: NewArticle, hour: int) -> NewArticle:
+    return replace(new, published=NOW.replace(hour=hour))
+
+
+def test_the_earliest_published_copy_is_the_representative_and_the_digest_lead(store: Store) -> None:
+    # The original publisher's copy arrives last but was published first: it represents the story
+    # in duplicate_of and leads the digest; the copies stored before it point at it.
+    store_batch(store, FEED_A, [published_at(copy("a1", "haftar-herald", FEED_A), 9)])
+    store_batch(store, FEED_B, [published_at(copy("b1", "haftar-metro", FEED_B), 10)])
+    seen = by_key(store)
+    assert seen["a1"] is None and seen["b1"] == seen["a1#id"]  # published later: still a copy
+    assert store_batch(store, FEED_C, [published_at(copy("c1", "haftar-wire", FEED_C), 5)]) == (1, 1)
+    seen = by_key(store)
+    assert seen["c1"] is None
+    assert seen["a1"] == seen["b1"] == seen["c1#id"]
+    feeds = [FeedConfig(url=url) for url in (FEED_A, FEED_B, FEED_C)]
+    digest = build_digest(store.unsent_articles("daily"), set(), feeds, DigestSettings(to=["r@x"]), NOW)
+    assert digest is not None
+    (item,) = [item for group in digest.groups for item in group.items]
+    assert item.article_id == seen["c1#id"]
+    assert sorted(item.copy_ids) == sorted([seen["a1#id"], seen["b1#id"], seen["c1#id"]])
+
+
+def test_a_story_already_sent_keeps_its_representative(store: Store) -> None:
+    store_batch(store, FEED_A, [published_at(copy("a1", "haftar-herald", FEED_A), 9)])
+    sent = [a.id for a in store.list_articles()]
+    store.finish_digest_run(store.begin_digest_run("daily", "daily:r", "<m@x>", sent, NOW), NOW)
+    store_batch(store, FEED_C, [published_at(copy("c1", "haftar-wire", FEED_C), 5)])
+    seen = by_key(store)
+    assert seen["a1"] is None and seen["c1"] == seen["a1#id"]  # not made a new story again
+    roots = {a.duplicate_of for a in store.unsent_articles("daily") if a.duplicate_of}
+    feeds = [FeedConfig(url=url) for url in (FEED_A, FEED_C)]
+    late = build_digest(
+        store.unsent_articles("daily"),
+        store.sent_article_ids("daily", roots),
+        feeds,
+        DigestSettings(to=["r@x"]),
+        NOW,
+    )
+    assert late is None  # the late copy is covered by the sent story, not sent again
