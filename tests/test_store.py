@@ -455,3 +455,55 @@ def test_a_story_already_sent_keeps_its_representative(store: Store) -> None:
         NOW,
     )
     assert late is None  # the late copy is covered by the sent story, not sent again
+
+
+def test_articles_stored_before_band_keys_are_found_after_the_upgrade(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import insert
+
+    from aggregator.database import MIGRATIONS
+    from aggregator.dedup import text_hash
+    from aggregator.schema import Article, Feed
+
+    engine = create_db_engine(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:  # a database of a version before near-duplicate detection
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+    old = story("haftar-wire")
+    with engine.begin() as connection:
+        feed_id = connection.execute(
+            insert(Feed).values(url=FEED_A, created_at=NOW).returning(Feed.id)
+        ).scalar_one()
+        stored = [
+            {"entry_key": key, "url": f"https://a.example/{key}", "text": body}
+            for key, body in (("a1", old), ("a2", story("flood-wire")), ("a3", old), ("a4", "Too short."))
+        ]
+        for row in stored:
+            connection.execute(
+                insert(Article).values(
+                    feed_id=feed_id,
+                    url_key=url_key(row["url"]),
+                    title="t",
+                    first_seen=NOW,
+                    html="",
+                    extraction="page",
+                    content_hash=text_hash(row["text"]),
+                    **row,
+                )
+            )
+    migrate(engine)
+    store = Store(engine)
+    try:
+        with engine.connect() as connection:
+            keyed = set(connection.execute(select(ArticleBand.article_id).distinct()).scalars())
+        ids = {a.url.rsplit("/", 1)[1]: a.id for a in store.list_articles()}
+        # a3 is an exact copy of a1 (whose keys find it) and a4 too short to match on its text
+        assert keyed == {ids["a1"], ids["a2"]}
+        assert store_batch(store, FEED_B, [copy("b1", "haftar-herald", FEED_B)]) == (1, 1)
+        assert by_key(store)["b1"] == ids["a1"]
+        migrate(engine)  # nothing left to do at the next start
+    finally:
+        store.close()
