@@ -2,6 +2,7 @@
 
     python -m benchmarks run            # the full suite (several minutes)
     python -m benchmarks run --quick    # tiny sizes, to check that the suite still works
+    python -m benchmarks run --dedup-scale-max 1000000   # near-duplicate lookup up to 1M articles
 
 Each benchmark owns a block of docs/PERFORMANCE.md between `<!-- NAME:begin -->` and
 `<!-- NAME:end -->`; the text around the blocks is kept.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from benchmarks import (
     dedup_quality,
+    dedup_scale,
     digest_render,
     extraction_quality,
     extraction_speed,
@@ -38,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         "--soak", action="store_true", help="also the 15-minute soak of `aggregator run` (benchmarks/soak.py)"
     )
     run.add_argument(
+        "--dedup-scale-max",
+        type=int,
+        default=None,
+        help="largest store for the near-duplicate lookup benchmark (default: 100000, --quick 1000; "
+        "1000000 takes tens of minutes)",
+    )
+    run.add_argument(
         "--output",
         type=Path,
         default=ROOT / "docs" / "PERFORMANCE.md",
@@ -45,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     command = "python -m benchmarks run" + (" --quick" if args.quick else "")
+    if args.dedup_scale_max:
+        command += f" --dedup-scale-max {args.dedup_scale_max}"
     if args.quick:
         rows = fetch.run([50], [0], peers=not args.no_peers, rss2email_max=50)
     else:
@@ -61,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"skipped the extraction benchmarks: {data} is absent", file=sys.stderr)
     blocks["dedup-quality"] = dedup_quality.table(dedup_quality.evaluate())
+    scale_max = args.dedup_scale_max or (1000 if args.quick else 100_000)
+    blocks["dedup-scale"] = dedup_scale.report(scale_max, probes=20 if args.quick else 400)
     blocks["digest"] = digest_render.table([100] if args.quick else [1000, 10_000])
     if args.soak:
         blocks["soak"] = soak.table(soak.run(0.5 if args.quick else 15, 50, 120))

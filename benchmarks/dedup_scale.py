@@ -4,15 +4,18 @@
                                      [--dir DIR] [--probes N] [--workers N] [--json]
 
 The database is filled with synthetic articles (about 200 words each, drawn from a Zipf-like
-vocabulary of 30,000 made-up words, so two texts share few shingles, as two real stories do);
-one in ten is a near-duplicate of an earlier one (a paragraph dropped, a sentence added, a few
-words changed). Filling goes straight to the tables, in transactions of 5,000 articles (COPY on
-PostgreSQL, executemany on SQLite; same schema, same indexes), so that a million articles take
-minutes, not the hour the product path would. MinHash is the costly part of filling (2 ms an
-article): the near-copies and the stories they copy (one in ten, ``SAMPLE``) get their real
-``dedup.text_profile`` band keys, computed in ``--workers`` processes; the other articles get
-32 pseudo-random 64-bit keys, which is what the band keys of unrelated texts are (uniform
-hashes), so the index has its real size and shape. At each size up to ``--max`` (10k, 100k,
+vocabulary of 30,000 made-up words, so two texts share few shingles, as two real stories do).
+Filling goes straight to the tables, in transactions of 5,000 articles (COPY on PostgreSQL,
+executemany on SQLite; same schema, same indexes; both databases written at once with the same
+articles), so that a million articles take minutes, not the hour the product path would. MinHash
+is the costly part (2 ms an article), so only a sample computes it: one article in ``SAMPLE``
+(50) is a story with its real ``dedup.text_profile`` band keys and one a near-duplicate of such
+a story (a paragraph dropped, a sentence added, a few words changed), computed in ``--workers``
+processes. The others are fillers: one of 5,000 stories' texts, and 32 pseudo-random 64-bit band
+keys, which is what the keys of unrelated texts are (uniform hashes); so the index has its real
+size and shape. At each size up to ``--max`` (10k, 100k, 1M; or ``--max`` itself when smaller):
+
+At each size up to ``--max`` (10k, 100k,
 1M; or ``--max`` itself when it is smaller):
 
 At each size up to ``--max`` (10k, 100k, 1M; or ``--max`` itself when it is smaller):
@@ -46,7 +49,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,8 +67,10 @@ SIZES = (10_000, 100_000, 1_000_000)
 VOCABULARY = 30_000
 FEEDS = 200
 CHUNK = 5_000
-# One article in SAMPLE is a story with real band keys, one a near-copy of such a story.
-SAMPLE = 10
+# One article in SAMPLE is a story with real band keys, one a near-copy of such a story; the
+# others are fillers: pseudo-random band keys and one of FILLERS texts.
+SAMPLE = 50
+FILLERS = 5_000
 NOW = datetime(2026, 11, 28, tzinfo=UTC)
 
 
@@ -128,17 +133,32 @@ def _profiles(numbers: range) -> list[tuple[int, str, str, str | None, tuple[int
     _corpus = _corpus or Corpus()
     out = []
     for number in numbers:
-        body = _corpus.text(number)
         if has_real_keys(number):
+            body = _corpus.text(number)
             profile = dedup.text_profile(body)
             keys = tuple(dict.fromkeys(profile.band_keys)) if profile else ()
+            digest = dedup.text_hash(body)
         else:
+            # A story of the filler pool, with a hash of its own: no article is an exact copy.
+            body = _filler(number)
             rng = random.Random(number)
             keys = tuple(rng.getrandbits(64) - 2**63 for _ in range(dedup.BANDS))
+            digest = dedup.key_of_canonical(f"filler:{number}")
         # The URL is canonical already: courlan need not run a million times.
         page_key = dedup.key_of_canonical(_url(number))
-        out.append((number, page_key, body, dedup.text_hash(body), keys))
+        out.append((number, page_key, body, digest, keys))
     return out
+
+
+_fillers: dict[int, str] = {}
+
+
+def _filler(number: int) -> str:
+    """Return the text of a filler article: one of FILLERS stories, made once per process."""
+    slot = number % FILLERS
+    if slot not in _fillers:
+        _fillers[slot] = (_corpus or Corpus()).story(-1 - slot)
+    return _fillers[slot]
 
 
 def _url(number: int) -> str:
@@ -171,17 +191,18 @@ def fill(stores: list[Store], start: int, stop: int, pool: ProcessPoolExecutor) 
         return [pool.submit(_profiles, part) for part in _ranges(chunk.start, chunk.stop, 250)]
 
     chunks = _ranges(start, stop, CHUNK)
-    pending = deque(submit(chunk) for chunk in itertools.islice(chunks, 3))
-    while pending:
-        made = [row for future in pending.popleft() for row in future.result()]
-        following = next(chunks, None)
-        if following is not None:
-            pending.append(submit(following))
-        for position, store in enumerate(stores):
-            _write(store, feeds[position], next_ids[position], made)
-            next_ids[position] += len(made)
-        if (made[-1][0] + 1) % 100_000 == 0:
-            print(f"  filled {made[-1][0] + 1:,}", file=sys.stderr, flush=True)
+    with ThreadPoolExecutor(max(1, len(stores))) as writers:
+        pending = deque(submit(chunk) for chunk in itertools.islice(chunks, 3))
+        while pending:
+            made = [row for future in pending.popleft() for row in future.result()]
+            following = next(chunks, None)
+            if following is not None:
+                pending.append(submit(following))
+            # The databases write at once: SQLite and the PostgreSQL server release the GIL.
+            list(writers.map(_write, stores, feeds, next_ids, [made] * len(stores)))
+            next_ids = [next_id + len(made) for next_id in next_ids]
+            if (made[-1][0] + 1) % 100_000 == 0:
+                print(f"  filled {made[-1][0] + 1:,}", file=sys.stderr, flush=True)
     for store, next_id in zip(stores, next_ids, strict=True):
         if store.engine.dialect.name == "postgresql" and next_id > 1:
             with store.engine.begin() as connection:
@@ -397,7 +418,9 @@ def run(
                 for database, store in opened:
                     if database == "postgresql":
                         with store.engine.connect() as connection:
-                            connection.execute(text("ANALYZE"))
+                            # Its own tables only: a database-wide ANALYZE waits on others' locks.
+                            connection.execute(text("ANALYZE articles"))
+                            connection.execute(text("ANALYZE article_bands"))
                             connection.commit()
                     results.append(measure(store, database, size, probes, corpus, 3 * 10**9 + size))
                     print(results[-1].row(), file=sys.stderr)
@@ -420,6 +443,30 @@ def table(results: list[Measured]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     return "\n".join([*lines, *(m.row() for m in results)]) + "\n"
+
+
+def report(largest: int, probes: int = 400, postgres: str | None = None) -> str:
+    """Measure up to ``largest`` articles on SQLite and (with a URL) PostgreSQL; return the block
+    for docs/PERFORMANCE.md: the table, the growth of the lookup's p95 and the command."""
+    postgres = postgres or os.environ.get("AGGREGATOR_TEST_POSTGRES_URL")
+    sizes = [size for size in SIZES if size <= largest] or [largest]
+    with tempfile.TemporaryDirectory() as folder:
+        results = run(sizes, ["sqlite", "postgresql"], postgres, Path(folder), probes, os.cpu_count() or 1)
+    lines = [table(results)]
+    for database in ("sqlite", "postgresql"):
+        rows = [m for m in results if m.database == database]
+        if len(rows) > 1:
+            lines.append(
+                f"{database}: lookup p95 {rows[0].lookup_p95:.2f} ms at {rows[0].size:,}, "
+                f"{rows[-1].lookup_p95:.2f} ms at {rows[-1].size:,} "
+                f"(x{rows[-1].lookup_p95 / rows[0].lookup_p95:.2f} "
+                f"for x{rows[-1].size // rows[0].size:,} the articles)."
+            )
+    lines.append(
+        f"\n`python -m benchmarks.dedup_scale --max {largest} --probes {probes}`, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
+    )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
