@@ -445,13 +445,14 @@ def table(results: list[Measured]) -> str:
     return "\n".join([*lines, *(m.row() for m in results)]) + "\n"
 
 
-def report(largest: int, probes: int = 400, postgres: str | None = None) -> str:
-    """Measure up to ``largest`` articles on SQLite and (with a URL) PostgreSQL; return the block
-    for docs/PERFORMANCE.md: the table, the growth of the lookup's p95 and the command."""
-    postgres = postgres or os.environ.get("AGGREGATOR_TEST_POSTGRES_URL")
+def report(largest: int, probes: int = 400, databases: tuple[str, ...] = ("sqlite", "postgresql")) -> str:
+    """Measure up to ``largest`` articles on SQLite and (with $AGGREGATOR_TEST_POSTGRES_URL)
+    PostgreSQL; return the block for docs/PERFORMANCE.md: the table, the growth of the lookup's
+    p95 and the command."""
+    postgres = os.environ.get("AGGREGATOR_TEST_POSTGRES_URL")
     sizes = [size for size in SIZES if size <= largest] or [largest]
     with tempfile.TemporaryDirectory() as folder:
-        results = run(sizes, ["sqlite", "postgresql"], postgres, Path(folder), probes, os.cpu_count() or 1)
+        results = run(sizes, list(databases), postgres, Path(folder), probes, os.cpu_count() or 1)
     lines = [table(results)]
     for database in ("sqlite", "postgresql"):
         rows = [m for m in results if m.database == database]
