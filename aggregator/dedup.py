@@ -20,6 +20,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import courlan
@@ -30,6 +31,13 @@ from aggregator.models import ParsedEntry
 _WORDS = re.compile(r"\w+", re.UNICODE)
 # Texts shorter than this are too generic ("Read more", a headline) to merge on text alone.
 MIN_WORDS_FOR_TEXT_MATCH = 50
+
+
+def lead_order(published: datetime | None, first_seen: datetime, article_id: int) -> tuple[datetime, int]:
+    """Sort key of a story's copies, first the one that represents it: the earliest published
+    (usually the original publisher's, whichever feed was stored first), then the earliest
+    stored. The store's ``duplicate_of`` and the digest's lead both follow it."""
+    return (published or first_seen, article_id)
 
 
 # A refresh asks for the same URL's canonical form several times (entry identity, link key, article

@@ -24,6 +24,7 @@ from jinja2 import (
 )
 
 from aggregator.config import DigestSettings, FeedConfig
+from aggregator.dedup import lead_order
 from aggregator.models import StoredArticle
 
 SUMMARY_WORDS = 60
@@ -141,9 +142,9 @@ def build_digest(
     zone = settings.zone
     items: list[tuple[str, DigestItem]] = []
     for copies in stories.values():
-        # The story is led by its earliest published copy (usually the original publisher's,
-        # whichever feed happened to be stored first).
-        lead = min(copies, key=lambda c: (c.published or c.first_seen, c.id))
+        # The story is led by its earliest published copy: the representative its copies'
+        # duplicate_of points at, unless the story went out before that copy arrived.
+        lead = min(copies, key=lambda c: lead_order(c.published, c.first_seen, c.id))
         others = [c for c in copies if c.id != lead.id]
         items.append((lead.feed_url, _item(lead, others, names, zone)))
     if not items and not settings.send_empty:

@@ -37,7 +37,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from aggregator.database import create_db_engine, migrate
-from aggregator.dedup import TextProfile, is_near_duplicate, text_profile, text_shingles, url_key
+from aggregator.dedup import (
+    TextProfile,
+    is_near_duplicate,
+    lead_order,
+    text_profile,
+    text_shingles,
+    url_key,
+)
 from aggregator.errors import StorageError
 from aggregator.models import FeedStatus, NewArticle, StoredArticle
 from aggregator.schema import Article, ArticleBand, DigestItem, DigestRun, Feed
@@ -328,7 +335,10 @@ class Store:
             if feed_id is None:  # not created by ensure_feeds: make the row, then update it
                 feed_id = self._feed_row(session, feed_url, record.now).id
                 session.execute(update(Feed).where(Feed.id == feed_id).values(**values))
-            return self._insert_articles(session, feed_id, articles, record.now, profiles)
+            added = self._insert_articles(session, feed_id, articles, record.now, profiles)
+            if added[1]:
+                _lead_with_earliest_published(session, feed_id, record.now)
+            return added
 
     def _insert_articles(
         self,
@@ -896,6 +906,53 @@ def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | N
                 roots.append(stored[candidate][0])
         found[index] = min(roots, default=None)
     return found
+
+
+def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime) -> None:
+    """Make the earliest published copy (``dedup.lead_order``) the representative of each story
+    that this feed's copies stored at ``now`` joined: a copy published earlier than the first
+    one stored takes its place, and the other copies point at it.
+
+    A story that a digest run has included (sent or about to be) keeps its representative: the
+    late copy is covered by it and never sent, and the digest's record stays true.
+    """
+    joined = select(Article.duplicate_of).where(
+        Article.feed_id == feed_id, Article.first_seen == now, Article.duplicate_of.is_not(None)
+    )
+    roots = sorted(set(session.scalars(joined)))
+    members: dict[int, list[tuple[tuple[datetime, int], int]]] = {}
+    for chunk in _chunks(roots):
+        rows = session.execute(
+            select(Article.id, Article.duplicate_of, Article.published, Article.first_seen).where(
+                or_(Article.id.in_(chunk), Article.duplicate_of.in_(chunk))
+            )
+        )
+        for article_id, duplicate_of, published, first_seen in rows:
+            members.setdefault(duplicate_of or article_id, []).append(
+                (lead_order(published, first_seen, article_id), article_id)
+            )
+    moves = {root: min(copies)[1] for root, copies in members.items() if min(copies)[1] != root}
+    if not moves:
+        return
+    moved_ids = [article_id for root in moves for _, article_id in members[root]]
+    included: set[int] = set()
+    for chunk in _chunks(moved_ids):
+        included.update(
+            session.scalars(
+                select(DigestItem.article_id)
+                .join(DigestRun, DigestRun.id == DigestItem.run_id)
+                .where(DigestRun.status.in_(("sent", "pending")), DigestItem.article_id.in_(chunk))
+            )
+        )
+    for root, lead in moves.items():
+        if any(article_id in included for _, article_id in members[root]):
+            continue
+        session.execute(
+            update(Article)
+            .where(or_(Article.id == root, Article.duplicate_of == root), Article.id != lead)
+            .values(duplicate_of=lead)
+        )
+        session.execute(update(Article).where(Article.id == lead).values(duplicate_of=None))
 
 
 def _batch_near_duplicate(

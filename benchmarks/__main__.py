@@ -3,6 +3,7 @@
     python -m benchmarks run            # the full suite (several minutes)
     python -m benchmarks run --quick    # tiny sizes, to check that the suite still works
     python -m benchmarks run --postgres URL   # also scale-out: 1, 2, 3 services on PostgreSQL
+    python -m benchmarks run --dedup-scale-max 1000000   # near-duplicate lookup up to 1M articles
 
 Each benchmark owns a block of docs/PERFORMANCE.md between `<!-- NAME:begin -->` and
 `<!-- NAME:end -->`; the text around the blocks is kept.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from benchmarks import (
     dedup_quality,
+    dedup_scale,
     digest_render,
     extraction_quality,
     extraction_speed,
@@ -48,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         "skipped without one",
     )
     run.add_argument(
+        "--dedup-scale-max",
+        type=int,
+        default=None,
+        help="largest store for the near-duplicate lookup benchmark (default: 100000; --quick: 300 "
+        "on SQLite only; "
+        "1000000 takes tens of minutes)",
+    )
+    run.add_argument(
         "--output",
         type=Path,
         default=ROOT / "docs" / "PERFORMANCE.md",
@@ -55,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     command = "python -m benchmarks run" + (" --quick" if args.quick else "")
+    if args.dedup_scale_max:
+        command += f" --dedup-scale-max {args.dedup_scale_max}"
     if args.quick:
         rows = fetch.run([50], [0], peers=not args.no_peers, rss2email_max=50)
     else:
@@ -71,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"skipped the extraction benchmarks: {data} is absent", file=sys.stderr)
     blocks["dedup-quality"] = dedup_quality.table(dedup_quality.evaluate())
+    if args.quick and not args.dedup_scale_max:
+        blocks["dedup-scale"] = dedup_scale.report(300, probes=10, databases=("sqlite",))
+    else:
+        blocks["dedup-scale"] = dedup_scale.report(args.dedup_scale_max or 100_000)
     blocks["digest"] = digest_render.table([100] if args.quick else [1000, 10_000])
     if args.postgres and data.is_dir():
         feeds, counts = (4, (1, 2)) if args.quick else (40, (1, 2, 3))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,8 +10,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
+from aggregator.config import DigestSettings, FeedConfig
 from aggregator.database import create_db_engine, migrate
 from aggregator.dedup import BANDS, url_key
+from aggregator.digest import build_digest
 from aggregator.errors import StorageError
 from aggregator.models import NewArticle
 from aggregator.schema import ArticleBand, Base
@@ -410,3 +413,148 @@ def test_claims_of_a_dead_process_are_released(store: Store) -> None:
     store.claim_due_feeds(urls[1:], NOW, "host:222", timedelta(minutes=15))
     assert store.release_claims(lambda owner: owner == "host:111") == 1
     assert store.claim_due_feeds(urls, NOW, "host:333", timedelta(minutes=15)) == urls[:1]
+
+
+def published_at(new: NewArticle, hour: int) -> NewArticle:
+    return replace(new, published=NOW.replace(hour=hour))
+
+
+def test_the_earliest_published_copy_is_the_representative_and_the_digest_lead(store: Store) -> None:
+    # The original publisher's copy arrives last but was published first: it represents the story
+    # in duplicate_of and leads the digest; the copies stored before it point at it.
+    store_batch(store, FEED_A, [published_at(copy("a1", "haftar-herald", FEED_A), 9)])
+    store_batch(store, FEED_B, [published_at(copy("b1", "haftar-metro", FEED_B), 10)])
+    seen = by_key(store)
+    assert seen["a1"] is None and seen["b1"] == seen["a1#id"]  # published later: still a copy
+    assert store_batch(store, FEED_C, [published_at(copy("c1", "haftar-wire", FEED_C), 5)]) == (1, 1)
+    seen = by_key(store)
+    assert seen["c1"] is None
+    assert seen["a1"] == seen["b1"] == seen["c1#id"]
+    feeds = [FeedConfig(url=url) for url in (FEED_A, FEED_B, FEED_C)]
+    digest = build_digest(store.unsent_articles("daily"), set(), feeds, DigestSettings(to=["r@x"]), NOW)
+    assert digest is not None
+    (item,) = [item for group in digest.groups for item in group.items]
+    assert item.article_id == seen["c1#id"]
+    assert sorted(item.copy_ids) == sorted([seen["a1#id"], seen["b1#id"], seen["c1#id"]])
+
+
+def test_a_story_already_sent_keeps_its_representative(store: Store) -> None:
+    store_batch(store, FEED_A, [published_at(copy("a1", "haftar-herald", FEED_A), 9)])
+    sent = [a.id for a in store.list_articles()]
+    store.finish_digest_run(store.begin_digest_run("daily", "daily:r", "<m@x>", sent, NOW), NOW)
+    store_batch(store, FEED_C, [published_at(copy("c1", "haftar-wire", FEED_C), 5)])
+    seen = by_key(store)
+    assert seen["a1"] is None and seen["c1"] == seen["a1#id"]  # not made a new story again
+    roots = {a.duplicate_of for a in store.unsent_articles("daily") if a.duplicate_of}
+    feeds = [FeedConfig(url=url) for url in (FEED_A, FEED_C)]
+    late = build_digest(
+        store.unsent_articles("daily"),
+        store.sent_article_ids("daily", roots),
+        feeds,
+        DigestSettings(to=["r@x"]),
+        NOW,
+    )
+    assert late is None  # the late copy is covered by the sent story, not sent again
+
+
+def test_articles_stored_before_band_keys_are_found_after_the_upgrade(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import insert
+
+    from aggregator.database import MIGRATIONS
+    from aggregator.dedup import text_hash
+    from aggregator.schema import Article, Feed
+
+    engine = create_db_engine(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:  # a database of a version before near-duplicate detection
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+    old = story("haftar-wire")
+    with engine.begin() as connection:
+        feed_id = connection.execute(
+            insert(Feed).values(url=FEED_A, created_at=NOW).returning(Feed.id)
+        ).scalar_one()
+        stored = [
+            {"entry_key": key, "url": f"https://a.example/{key}", "text": body}
+            for key, body in (("a1", old), ("a2", story("flood-wire")), ("a3", old), ("a4", "Too short."))
+        ]
+        for row in stored:
+            connection.execute(
+                insert(Article).values(
+                    feed_id=feed_id,
+                    url_key=url_key(row["url"]),
+                    title="t",
+                    first_seen=NOW,
+                    html="",
+                    extraction="page",
+                    content_hash=text_hash(row["text"]),
+                    **row,
+                )
+            )
+    migrate(engine)
+    store = Store(engine)
+    try:
+        with engine.connect() as connection:
+            keyed = set(connection.execute(select(ArticleBand.article_id).distinct()).scalars())
+        ids = {a.url.rsplit("/", 1)[1]: a.id for a in store.list_articles()}
+        # a3 is an exact copy of a1 (whose keys find it) and a4 too short to match on its text
+        assert keyed == {ids["a1"], ids["a2"]}
+        assert store_batch(store, FEED_B, [copy("b1", "haftar-herald", FEED_B)]) == (1, 1)
+        assert by_key(store)["b1"] == ids["a1"]
+        migrate(engine)  # nothing left to do at the next start
+    finally:
+        store.close()
+
+
+def test_band_keys_of_the_old_minhash_version_are_rebuilt(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import insert
+
+    from aggregator.database import MIGRATIONS
+    from aggregator.dedup import text_hash, text_profile
+    from aggregator.schema import Article, Feed
+
+    engine = create_db_engine(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:  # keys written by MinHash v1 (0003, 0004)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0004")
+        feed_id = connection.execute(
+            insert(Feed).values(url=FEED_A, created_at=NOW).returning(Feed.id)
+        ).scalar_one()
+        body = story("haftar-wire")
+        article_id = connection.execute(
+            insert(Article)
+            .values(
+                feed_id=feed_id,
+                entry_key="a1",
+                url="https://a.example/a1",
+                url_key=url_key("https://a.example/a1"),
+                title="t",
+                first_seen=NOW,
+                text=body,
+                html="",
+                extraction="page",
+                content_hash=text_hash(body),
+            )
+            .returning(Article.id)
+        ).scalar_one()
+        connection.execute(
+            insert(ArticleBand), [{"band_key": k, "article_id": article_id} for k in range(1, 33)]
+        )
+    migrate(engine)
+    store = Store(engine)
+    try:
+        with engine.connect() as connection:
+            keys = set(connection.execute(select(ArticleBand.band_key)).scalars())
+        profile = text_profile(body)
+        assert profile is not None and keys == set(profile.band_keys)
+        assert store_batch(store, FEED_B, [copy("b1", "haftar-herald", FEED_B)]) == (1, 1)
+        assert by_key(store)["b1"] == article_id
+    finally:
+        store.close()
