@@ -162,6 +162,16 @@ class Service:
         scheduler.add_job(
             self._heartbeat, "interval", seconds=15, next_run_time=datetime.now(UTC), id="heartbeat"
         )
+        if store.shared:
+            # Leases of feeds still being refreshed are renewed well before they end; a process
+            # that dies stops renewing, and its feeds go to another at the end of the lease.
+            scheduler.add_job(
+                self._renew_claims,
+                "interval",
+                args=[store],
+                seconds=max(1.0, settings.service.lease.total_seconds() / 3),
+                id="renew-claims",
+            )
         scheduler.add_job(
             self._retention_job,
             "interval",
@@ -432,6 +442,16 @@ class Service:
             len(removed),
             "; ".join(f"{d.name} {d.schedule_label}" for d in fresh.all_digests),
         )
+
+    async def _renew_claims(self, store: Store) -> None:
+        until = self.clock() + self.settings.service.lease
+        try:
+            renewed = await asyncio.to_thread(store.renew_claims, self._owner, until)
+        except StorageError as exc:
+            log.warning("leases not renewed: %s", exc)
+            return
+        if renewed:
+            log.debug("renewed the leases of %d feeds being refreshed", renewed)
 
     async def _heartbeat(self) -> None:
         path = self.settings.service.heartbeat_file

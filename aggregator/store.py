@@ -253,6 +253,20 @@ class Store:
                     claimed.append(feed.url)
         return claimed
 
+    def renew_claims(self, owner: str, until: datetime) -> int:
+        """Extend the leases of the feeds ``owner`` is refreshing now; return how many.
+
+        A refresh that outlives its lease (a slow site, many pages to extract) would otherwise
+        be taken over and fetched a second time by another process.
+        """
+        with self._writing() as session:
+            result = session.execute(
+                update(Feed)
+                .where(Feed.claimed_by == owner[:200], Feed.lease_until.is_not(None))
+                .values(lease_until=until)
+            )
+            return int(result.rowcount or 0)
+
     def release_claims(self, dead: Callable[[str], bool]) -> int:
         """End the claims of owners ``dead`` says are gone (a killed process on this host);
         return how many feeds were released."""

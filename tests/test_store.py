@@ -406,6 +406,19 @@ def test_concurrent_claims_on_postgresql_skip_locked_rows(database_url: str) -> 
     assert sorted(claimed) == sorted(urls)  # each feed exactly once across the processes
 
 
+def test_a_live_process_renews_the_leases_of_feeds_it_is_refreshing(store: Store) -> None:
+    urls = ["https://slow.example/rss", "https://done.example/rss"]
+    store.ensure_feeds(urls, NOW)
+    lease = timedelta(minutes=1)
+    assert sorted(store.claim_due_feeds(urls, NOW, "host-a:1", lease)) == sorted(urls)
+    store.record_failure(urls[1], kind="http", message="503", status=503, now=NOW, next_fetch=NOW)
+    # Renewed at 50 s: the slow feed's lease runs to 1 min 50 s; the finished feed has no claim.
+    assert store.renew_claims("host-a:1", NOW + timedelta(seconds=110)) == 1
+    assert store.claim_due_feeds(urls, NOW + timedelta(seconds=90), "host-b:2", lease) == [urls[1]]
+    # A process that stops renewing (killed) loses the feed when the renewed lease ends.
+    assert store.claim_due_feeds(urls, NOW + timedelta(seconds=111), "host-b:2", lease) == [urls[0]]
+
+
 def test_claims_of_a_dead_process_are_released(store: Store) -> None:
     urls = ["https://a.example/rss", "https://b.example/rss"]
     store.ensure_feeds(urls, NOW)
