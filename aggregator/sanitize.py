@@ -71,7 +71,24 @@ _ATTRIBUTES = {
     "th": {"colspan", "rowspan", "scope"},
     "abbr": {"title"},
 }
+# Elements that end a line of text: every HTML block (and <br>), so that a heading, a caption or
+# a form's legend never runs into the text after it ("HeadingText").
 _BLOCKS = {
+    "address",
+    "aside",
+    "caption",
+    "center",
+    "details",
+    "dialog",
+    "dl",
+    "fieldset",
+    "form",
+    "hgroup",
+    "legend",
+    "main",
+    "menu",
+    "nav",
+    "summary",
     "p",
     "div",
     "br",
@@ -103,6 +120,8 @@ _BLANK_LINES = re.compile(r"\n\s*\n+")
 _LINE_EDGES = re.compile(r" ?\n ?")
 _BLOCK_TAG = re.compile(r"</?(?:" + "|".join(sorted(_BLOCKS)) + r")\b[^>]*>", re.IGNORECASE)
 _ANY_TAG = re.compile(r"<[^>]*>")
+# Blocks that nh3 strips (their text stays): a <br> in their place keeps them on a line of their own.
+_STRIPPED_BLOCK_TAG = re.compile(r"(?=</?(?:" + "|".join(sorted(_BLOCKS - _TAGS)) + r")\b)", re.IGNORECASE)
 _IMAGE_WITHOUT_SOURCE = re.compile(r"<img\b(?![^>]*\ssrc=\")[^>]*>")
 _CELLS = {"td", "th"}
 _CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
@@ -125,7 +144,7 @@ def clean_html(html: str, base_url: str | None = None) -> str:
         return value
 
     cleaned = nh3.clean(
-        html,
+        _STRIPPED_BLOCK_TAG.sub("<br>", html),
         tags=_TAGS,
         attributes=_ATTRIBUTES,
         url_schemes={"http", "https", "mailto"},

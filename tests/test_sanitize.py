@@ -63,3 +63,12 @@ def test_feed_images_get_absolute_https_urls_or_go() -> None:
         '<img src="https://cdn.example/b.jpg">',
         '<img src="https://cdn.example/c.jpg">',
     ]
+
+
+def test_block_elements_end_a_line() -> None:
+    from aggregator.sanitize import clean_html_to_text
+
+    for tag in ("h2", "aside", "main", "nav", "address", "details", "summary", "dl", "center", "form"):
+        html = f"<{tag}>Heading</{tag}>Text follows"
+        assert html_to_text(html) == "Heading\n\nText follows", tag
+        assert clean_html_to_text(clean_html(html)) == "Heading\n\nText follows", tag
