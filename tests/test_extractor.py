@@ -91,6 +91,7 @@ def test_extraction_quality_benchmark_scores_the_first_dev_pages() -> None:
     assert match("a b c d e", "a b c d") == (0.5, 0.0, 0.5)
     results = evaluate(SHARED / "data/extraction/dev", limit=15)
     assert results["pages"] == 15
+    assert results["data"] == "../shared/data/extraction/dev"  # not this machine's absolute path
     ours = results["extractors"]["aggregator"]
     # A smoke check that the benchmark and the extractor are wired; the real figures come from
     # `python -m benchmarks.extraction_quality`, not from asserts.
