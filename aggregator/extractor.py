@@ -48,6 +48,7 @@ _PROSE_LINE_TOKENS = 12
 _MAX_TEXT_BETWEEN_PARTS = 1000
 _NOT_TEXT = {"script", "style", "noscript", "template"}
 _WORD = re.compile(r"\w+")
+_ALNUM = re.compile(r"[^\W_]+")  # runs of str.isalnum() characters
 # A class naming an article body: "article-body", "story__content", "entry-content", "body-text"...
 _BODY_CLASS = re.compile(
     r"(article|story|entry|post|main)[-_]*(body|content|text)|body[-_]*(text|copy)", re.I
@@ -398,21 +399,24 @@ def _add_images(body: etree._Element, tree: lxml.html.HtmlElement, url: str | No
     """
     if tree.find(".//img") is None:
         return
-    blocks = {_words(_block_text(block)): block for block in body if block.tag == "p"}
+    blocks = {_words("".join(block.itertext())): block for block in body if block.tag == "p"}
     blocks.pop("", None)
     if not blocks:
         return
     placed: set[str] = set()
+    # Cheapest tests first: most of a page's images are icons, logos and teasers far from the text.
     for image in tree.iter("img"):
-        # Lazy-loading pages put a placeholder in src and the picture in data-src.
-        source = https_url(image.get("data-src") or image.get("src"), url)
-        if source is None or source in placed or not is_image_file(source) or _is_pixel(image):
-            continue
-        if any(not is_image_file(link.get("href")) for link in image.iterancestors("a")):
+        if _is_pixel(image):
             continue
         paragraph = _paragraph_before(image)
         block = blocks.get(_words(paragraph.text_content())) if paragraph is not None else None
         if block is None:
+            continue
+        # Lazy-loading pages put a placeholder in src and the picture in data-src.
+        source = https_url(image.get("data-src") or image.get("src"), url)
+        if source is None or source in placed or not is_image_file(source):
+            continue
+        if any(not is_image_file(link.get("href")) for link in image.iterancestors("a")):
             continue
         graphic = etree.Element("graphic", src=source)
         if alt := (image.get("alt") or "").strip():
@@ -451,10 +455,9 @@ def _without_headline(text: str, title: str | None) -> str:
 
 
 def _same_words(a: str, b: str) -> bool:
-    def words(value: str) -> list[str]:
-        return "".join(c if c.isalnum() else " " for c in value.casefold()).split()
-
-    return bool(words(a)) and words(a) == words(b)
+    """Whether ``a`` and ``b`` hold the same letters and digits, in the same words, case aside."""
+    words = _ALNUM.findall(a.casefold())
+    return bool(words) and words == _ALNUM.findall(b.casefold())
 
 
 def _render_html(
