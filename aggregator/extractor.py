@@ -9,7 +9,8 @@ cleaner, so it wins unless it lost half of the balanced pass's prose (it sometim
 footer). The chosen body is then trimmed by rules about page furniture in general, never about
 sites: leading headings (headline, standfirst, kicker), "Label: link" lines and runs of link-only
 lines (related stories), and at the end link lists, calls to action (subscribe, follow us,
-copyright) and the labels they leave behind.
+copyright) and the labels they leave behind. The article's images go into the HTML rendering
+only, after the text is read (see _add_images), so that the text never depends on them.
 """
 
 from __future__ import annotations
