@@ -21,7 +21,7 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from itertools import pairwise
+from itertools import islice, pairwise
 
 import lxml.html
 from lxml import etree
@@ -81,6 +81,8 @@ _PIXEL_SIZES = {"0", "1", "0px", "1px"}
 # How far above an article paragraph an image and that paragraph may meet: the paragraph's
 # container (a figure between paragraphs) or the one around it, not the page's wrapper.
 _IMAGE_REACH = 2
+# Each image looks back for its paragraph (an XPath walk): a bound for pages made of thumbnails.
+_MAX_IMAGES = 300
 
 
 def extract_page(
@@ -406,7 +408,7 @@ def _add_images(body: etree._Element, tree: lxml.html.HtmlElement, url: str | No
         return
     placed: set[str] = set()
     # Cheapest tests first: most of a page's images are icons, logos and teasers far from the text.
-    for image in tree.iter("img"):
+    for image in islice(tree.iter("img"), _MAX_IMAGES):
         if _is_pixel(image):
             continue
         paragraph = _paragraph_before(image)
