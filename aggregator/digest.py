@@ -30,6 +30,9 @@ from aggregator.models import StoredArticle
 SUMMARY_WORDS = 60
 WORDS_PER_MINUTE = 230
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")
+# A line of up to this many words without sentence punctuation at its end is a heading.
+_HEADING_WORDS = 12
+_ENDS_SENTENCE = re.compile(r"[.!?…:;,\"'”’)\]]$")
 _HEADER_UNSAFE = re.compile(r"[\r\n\x00-\x1f\x7f]+")
 # Inline styles win over a <style> block, so dark mode goes in after inlining, with !important.
 _DARK_MODE = """<style>
@@ -294,8 +297,12 @@ def _item(
 
 
 def summarise(text: str, max_words: int = SUMMARY_WORDS) -> str:
-    """Return the first sentences of ``text`` up to about ``max_words`` words, whole sentences."""
-    text = " ".join(text.split())
+    """Return the first sentences of ``text`` up to about ``max_words`` words, whole sentences.
+
+    Headings are not sentences: those before the first paragraph are skipped and the next one
+    ends the summary, so that "Heading" and "Text." never read as "Heading Text.".
+    """
+    text = " ".join(_lead_paragraphs(text).split())
     if not text:
         return ""
     words = text.split(" ")
@@ -310,6 +317,22 @@ def summarise(text: str, max_words: int = SUMMARY_WORDS) -> str:
     if not summary:  # a first sentence longer than the budget: cut at a word, mark it
         summary = " ".join(words[:max_words]).rstrip(",;:") + " …"
     return summary
+
+
+def _lead_paragraphs(text: str) -> str:
+    """Return ``text`` from its first paragraph of prose up to the next heading (one per line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    kept: list[str] = []
+    for line in lines:
+        if not _is_heading(line):
+            kept.append(line)
+        elif kept:
+            break
+    return "\n".join(kept) if kept else text
+
+
+def _is_heading(line: str) -> bool:
+    return len(line.split()) <= _HEADING_WORDS and not _ENDS_SENTENCE.search(line)
 
 
 def _filter(feeds: Sequence[FeedConfig], settings: DigestSettings) -> Callable[[StoredArticle], bool]:

@@ -9,7 +9,8 @@ cleaner, so it wins unless it lost half of the balanced pass's prose (it sometim
 footer). The chosen body is then trimmed by rules about page furniture in general, never about
 sites: leading headings (headline, standfirst, kicker), "Label: link" lines and runs of link-only
 lines (related stories), and at the end link lists, calls to action (subscribe, follow us,
-copyright) and the labels they leave behind.
+copyright) and the labels they leave behind. The article's images go into the HTML rendering
+only, after the text is read (see _add_images), so that the text never depends on them.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from itertools import pairwise
+from itertools import islice, pairwise
 
 import lxml.html
 from lxml import etree
 
 from aggregator.models import ExtractedPage
-from aggregator.sanitize import clean_html, text_to_html
+from aggregator.sanitize import clean_html, https_url, text_to_html
 
 # trafilatura's downloader imports urllib3's SOCKS support, which warns when PySocks is absent;
 # we never download through trafilatura, so that warning is only noise on a user's stderr.
@@ -34,7 +35,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
     import trafilatura
     from trafilatura.settings import DEFAULT_CONFIG
-    from trafilatura.utils import decode_file
+    from trafilatura.utils import decode_file, is_image_file
     from trafilatura.xml import xmltotxt
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ _PROSE_LINE_TOKENS = 12
 _MAX_TEXT_BETWEEN_PARTS = 1000
 _NOT_TEXT = {"script", "style", "noscript", "template"}
 _WORD = re.compile(r"\w+")
+_ALNUM = re.compile(r"[^\W_]+")  # runs of str.isalnum() characters
 # A class naming an article body: "article-body", "story__content", "entry-content", "body-text"...
 _BODY_CLASS = re.compile(
     r"(article|story|entry|post|main)[-_]*(body|content|text)|body[-_]*(text|copy)", re.I
@@ -75,6 +77,12 @@ _END_LABEL = re.compile(
     re.I,
 )
 _SENTENCE_END = re.compile(r"[.!?\"”'’)]\s*$")
+_PIXEL_SIZES = {"0", "1", "0px", "1px"}
+# How far above an article paragraph an image and that paragraph may meet: the paragraph's
+# container (a figure between paragraphs) or the one around it, not the page's wrapper.
+_IMAGE_REACH = 2
+# Each image looks back for its paragraph (an XPath walk): a bound for pages made of thumbnails.
+_MAX_IMAGES = 300
 
 
 def extract_page(
@@ -111,6 +119,7 @@ def extract_page(
     text = _without_headline(xmltotxt(document.body, False).strip(), title)
     if not text:
         return None
+    _add_images(document.body, tree, url)
     return ExtractedPage(
         text=text,
         html=_render_html(document, text, url, title),
@@ -120,7 +129,7 @@ def extract_page(
         canonical_url=metadata.url or None,
         language=metadata.language or None,
         site_name=metadata.sitename or None,
-        image=metadata.image or None,
+        image=https_url(metadata.image, url),
     )
 
 
@@ -382,6 +391,64 @@ def _trim(body: etree._Element, links: _Links) -> None:
             body.remove(block)
 
 
+def _add_images(body: etree._Element, tree: lxml.html.HtmlElement, url: str | None) -> None:
+    """Put the page's article images into ``body`` after the paragraphs they follow on the page.
+
+    The text passes run without images: with them trafilatura also keeps captions, credits and
+    image-led teasers, which cost precision (dev set F1 0.981 to 0.976). So an image goes in after
+    the extracted paragraph just before it when both sit in that paragraph's container. Sidebars
+    and teaser grids are further away; linked images (teasers, ads, share buttons), sources
+    that do not name an image file and tracking pixels stay out.
+    """
+    if tree.find(".//img") is None:
+        return
+    blocks = {_words("".join(block.itertext())): block for block in body if block.tag == "p"}
+    blocks.pop("", None)
+    if not blocks:
+        return
+    placed: set[str] = set()
+    # Cheapest tests first: most of a page's images are icons, logos and teasers far from the text.
+    for image in islice(tree.iter("img"), _MAX_IMAGES):
+        if _is_pixel(image):
+            continue
+        paragraph = _paragraph_before(image)
+        block = blocks.get(_words(paragraph.text_content())) if paragraph is not None else None
+        if block is None:
+            continue
+        # Lazy-loading pages put a placeholder in src and the picture in data-src.
+        source = https_url(image.get("data-src") or image.get("src"), url)
+        if source is None or source in placed or not is_image_file(source):
+            continue
+        if any(not is_image_file(link.get("href")) for link in image.iterancestors("a")):
+            continue
+        graphic = etree.Element("graphic", src=source)
+        if alt := (image.get("alt") or "").strip():
+            graphic.set("alt", alt)
+        graphic.tail, block.tail = block.tail, None
+        block.addnext(graphic)
+        placed.add(source)
+
+
+def _paragraph_before(image: lxml.html.HtmlElement) -> lxml.html.HtmlElement | None:
+    """Return the paragraph just before ``image`` if both sit in one close container."""
+    found = image.xpath("preceding::p[1]")
+    if not found:
+        return None
+    container = found[0]
+    ancestors = set(image.iterancestors())
+    for _ in range(_IMAGE_REACH):
+        container = container.getparent()
+        if container is None:
+            return None
+        if container in ancestors:
+            return found[0]
+    return None
+
+
+def _is_pixel(image: lxml.html.HtmlElement) -> bool:
+    return any((image.get(side) or "").strip().lower() in _PIXEL_SIZES for side in ("width", "height"))
+
+
 def _without_headline(text: str, title: str | None) -> str:
     """Drop a first line that only repeats the headline (kept when it sits in the body)."""
     first, _, rest = text.partition("\n")
@@ -391,10 +458,9 @@ def _without_headline(text: str, title: str | None) -> str:
 
 
 def _same_words(a: str, b: str) -> bool:
-    def words(value: str) -> list[str]:
-        return "".join(c if c.isalnum() else " " for c in value.casefold()).split()
-
-    return bool(words(a)) and words(a) == words(b)
+    """Whether ``a`` and ``b`` hold the same letters and digits, in the same words, case aside."""
+    words = _ALNUM.findall(a.casefold())
+    return bool(words) and words == _ALNUM.findall(b.casefold())
 
 
 def _render_html(

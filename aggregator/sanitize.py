@@ -71,7 +71,24 @@ _ATTRIBUTES = {
     "th": {"colspan", "rowspan", "scope"},
     "abbr": {"title"},
 }
+# Elements that end a line of text: every HTML block (and <br>), so that a heading, a caption or
+# a form's legend never runs into the text after it ("HeadingText").
 _BLOCKS = {
+    "address",
+    "aside",
+    "caption",
+    "center",
+    "details",
+    "dialog",
+    "dl",
+    "fieldset",
+    "form",
+    "hgroup",
+    "legend",
+    "main",
+    "menu",
+    "nav",
+    "summary",
     "p",
     "div",
     "br",
@@ -101,6 +118,9 @@ _BLOCKS = {
 _SPACES = re.compile(r"[ \t\u00a0\r\f\v]+")
 _BLOCK_TAG = re.compile(r"</?(?:" + "|".join(sorted(_BLOCKS)) + r")\b[^>]*>", re.IGNORECASE)
 _ANY_TAG = re.compile(r"<[^>]*>")
+# Blocks that nh3 strips (their text stays): a <br> in their place keeps them on a line of their own.
+_STRIPPED_BLOCK_TAG = re.compile(r"(?=</?(?:" + "|".join(sorted(_BLOCKS - _TAGS)) + r")\b)", re.IGNORECASE)
+_IMAGE_WITHOUT_SOURCE = re.compile(r"<img\b(?![^>]*\ssrc=\")[^>]*>")
 _CELLS = {"td", "th"}
 _CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
 
@@ -115,14 +135,14 @@ def clean_html(html: str, base_url: str | None = None) -> str:
             value = urljoin(base_url, value.strip()) if base_url else value.strip()
             if not value.lower().startswith(("http://", "https://", "mailto:")):
                 return None
-            if tag == "img" and not value.lower().startswith(("http://", "https://")):
-                return None
+            if tag == "img":
+                return https_url(value)
         if tag == "img" and name in ("width", "height") and value.strip() in ("0", "1", "1px"):
             return None
         return value
 
     cleaned = nh3.clean(
-        html,
+        _STRIPPED_BLOCK_TAG.sub("<br>", html),
         tags=_TAGS,
         attributes=_ATTRIBUTES,
         url_schemes={"http", "https", "mailto"},
@@ -133,11 +153,33 @@ def clean_html(html: str, base_url: str | None = None) -> str:
     return _drop_pixels(cleaned, html)
 
 
+def https_url(value: str | None, base_url: str | None = None) -> str | None:
+    """Return ``value`` as an absolute https URL (http upgraded), or None for any other scheme.
+
+    Images in an email or a feed reader served over https are blocked or warned about when they
+    come over http; most sites serve the same file over both.
+    """
+    if not value or not value.strip():
+        return None
+    value = urljoin(base_url, value.strip()) if base_url else value.strip()
+    if value.startswith("//"):
+        value = "https:" + value
+    scheme, _, rest = value.partition("://")
+    if scheme.lower() == "https" and rest:
+        return value
+    if scheme.lower() == "http" and rest:
+        return "https://" + rest
+    return None
+
+
 def _drop_pixels(cleaned: str, original: str) -> str:
     # nh3 keeps <img> without its size once a 1x1 width/height was filtered: find the
     # pixel's src in the original and drop that image.
     if "<img" not in cleaned:
         return cleaned
+    # An image whose src was refused (data:, javascript:, relative without a base) is left
+    # by nh3 as a bare <img>: nothing to show.
+    cleaned = _IMAGE_WITHOUT_SOURCE.sub("", cleaned)
     pixels = set(
         re.findall(
             r"<img\b(?=[^>]*\b(?:width|height)\s*=\s*[\"']?(?:0|1)(?:px)?[\"'\s>/])"

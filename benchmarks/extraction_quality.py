@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import statistics
@@ -173,7 +174,12 @@ def evaluate(data_dir: Path = DEFAULT_DATA, *, limit: int | None = None) -> dict
         figures["ms_per_page"] = 1000 * seconds[name] / max(1, len(pages))
         results[name] = figures
     reference = list(extractors)[-1]
-    return {"data": str(data_dir), "pages": len(pages), "reference": reference, "extractors": results}
+    return {"data": _shown_path(data_dir), "pages": len(pages), "reference": reference, "extractors": results}
+
+
+def _shown_path(path: Path) -> str:
+    """Return ``path`` relative to the repository (``../shared/...``): the same on every machine."""
+    return os.path.relpath(path.resolve(), Path(__file__).resolve().parents[1])
 
 
 def table(results: dict[str, Any]) -> str:

@@ -25,3 +25,14 @@ def test_quick_benchmark_run_writes_a_report(tmp_path: Path) -> None:
     assert "old" not in text
     assert "| 50 | 0 ms | full |" in text and "| 50 | 0 ms | conditional |" in text
     assert "Command: `python -m benchmarks run --quick`" in text
+
+
+def test_extraction_cpu_is_split_into_trafilatura_and_ours() -> None:
+    import pytest
+
+    from benchmarks.extraction_speed import DEFAULT_DATA, extraction_cpu_seconds
+
+    if not (DEFAULT_DATA / "html").is_dir():
+        pytest.skip("../shared/data/extraction/dev is absent")
+    extraction, trafilatura_own = extraction_cpu_seconds(DEFAULT_DATA, 3)
+    assert 0 < trafilatura_own < extraction

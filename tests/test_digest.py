@@ -144,3 +144,15 @@ def test_text_part_matches_the_golden_file() -> None:
     headers = {k: v for k, v in message.items() if k not in ("Date", "Message-ID", "Content-Type")}
     assert headers["Subject"] == "Your daily digest, 28 Nov 2026: 2 stories"
     assert headers["List-Id"] == "daily digest <daily.digest.aggregator>"
+
+
+def test_summary_does_not_run_a_heading_into_the_first_sentence() -> None:
+    from aggregator.sanitize import html_to_text
+
+    text = html_to_text(
+        "<h2>Storm warning</h2><p>The coast guard closed the harbour. Boats stay in.</p>"
+        "<h3>What comes next</h3><p>Forecasters expect calmer weather on Sunday.</p>"
+    )
+    assert summarise(text) == "The coast guard closed the harbour. Boats stay in."
+    # Only headings: nothing better to show than they are.
+    assert summarise("Storm warning\n\nWhat comes next") == "Storm warning What comes next"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -90,8 +91,35 @@ def test_extraction_quality_benchmark_scores_the_first_dev_pages() -> None:
     assert match("a b c d e", "a b c d") == (0.5, 0.0, 0.5)
     results = evaluate(SHARED / "data/extraction/dev", limit=15)
     assert results["pages"] == 15
+    assert results["data"] == "../shared/data/extraction/dev"  # not this machine's absolute path
     ours = results["extractors"]["aggregator"]
     # A smoke check that the benchmark and the extractor are wired; the real figures come from
     # `python -m benchmarks.extraction_quality`, not from asserts.
     assert ours["f1"] > 0.85 and ours["precision"] > 0.85 and ours["recall"] > 0.85
     assert all(figures["ms_per_page"] > 0 for figures in results["extractors"].values())
+
+
+def test_article_images_are_kept_with_absolute_https_urls() -> None:
+    result = extract_page(page("images"), "https://coast.example/news/harbour-wall")
+    assert result is not None
+    sources = re.findall(r'<img src="([^"]+)"', result.html)
+    assert sources == [
+        "https://coast.example/media/wall-east.jpg",  # relative, resolved against the page
+        "https://coast.example/media/cranes.jpg",  # http, upgraded
+        "https://cdn.coast.example/media/quay-full.png",  # lazy-loaded, protocol-relative
+    ]
+    assert 'alt="The repaired eastern wall at low tide"' in result.html
+    # Tracking pixel, data: URL, linked advert, logo and the sidebar's teaser stay out.
+    for absent in ("pixel.gif", "data:", "banner.jpg", "logo.png", "teaser-festival"):
+        assert absent not in result.html
+    assert result.image == "https://coast.example/media/harbour-lead.jpg"
+
+
+def test_images_do_not_change_the_text() -> None:
+    with_images = extract_page(page("images"), "https://coast.example/news/harbour-wall")
+    without = extract_page(
+        re.sub(r"<img\b[^>]*>", "", page("images")), "https://coast.example/news/harbour-wall"
+    )
+    assert with_images is not None and without is not None
+    assert "<img" in with_images.html and "<img" not in without.html
+    assert with_images.text == without.text

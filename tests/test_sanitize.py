@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from aggregator.sanitize import clean_html, html_to_text, text_to_html
 
 
@@ -47,3 +49,26 @@ def test_clean_html_to_text_agrees_with_html_to_text() -> None:
     ]
     for html in samples:
         assert clean_html_to_text(clean_html(html)) == html_to_text(html), html
+
+
+def test_feed_images_get_absolute_https_urls_or_go() -> None:
+    html = (
+        '<p>Text<img src="/media/a.jpg" alt="A"><img src="http://cdn.example/b.jpg">'
+        '<img src="//cdn.example/c.jpg"><img src="data:image/gif;base64,R0lGOD">'
+        '<img src="ftp://files.example/d.jpg"><img src="https://t.example/p.gif" height="1px"></p>'
+    )
+    clean = clean_html(html, "http://site.example/post/")
+    assert re.findall(r"<img[^>]*>", clean) == [
+        '<img src="https://site.example/media/a.jpg" alt="A">',
+        '<img src="https://cdn.example/b.jpg">',
+        '<img src="https://cdn.example/c.jpg">',
+    ]
+
+
+def test_block_elements_end_a_line() -> None:
+    from aggregator.sanitize import clean_html_to_text
+
+    for tag in ("h2", "aside", "main", "nav", "address", "details", "summary", "dl", "center", "form"):
+        html = f"<{tag}>Heading</{tag}>Text follows"
+        assert html_to_text(html) == "Heading\n\nText follows", tag
+        assert clean_html_to_text(clean_html(html)) == "Heading\n\nText follows", tag
