@@ -2,6 +2,7 @@
 
     python -m benchmarks run            # the full suite (several minutes)
     python -m benchmarks run --quick    # tiny sizes, to check that the suite still works
+    python -m benchmarks run --only e2e,profile   # some of them (names below)
 
 Each benchmark owns a block of docs/PERFORMANCE.md between `<!-- NAME:begin -->` and
 `<!-- NAME:end -->`; the text around the blocks is kept.
@@ -16,14 +17,18 @@ from pathlib import Path
 from benchmarks import (
     dedup_quality,
     digest_render,
+    e2e,
     extraction_quality,
     extraction_speed,
     fetch,
+    growth,
+    profile,
     soak,
 )
 from benchmarks.report import machine_summary, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("fetch", "extraction", "dedup", "digest", "e2e", "profile", "growth")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,30 +43,70 @@ def main(argv: list[str] | None = None) -> int:
         "--soak", action="store_true", help="also the 15-minute soak of `aggregator run` (benchmarks/soak.py)"
     )
     run.add_argument(
+        "--only",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=list(NAMES),
+        help=f"comma-separated, from: {', '.join(NAMES)} (default: all; --soak adds the soak)",
+    )
+    run.add_argument(
         "--output",
         type=Path,
         default=ROOT / "docs" / "PERFORMANCE.md",
         help="the report to update (default: docs/PERFORMANCE.md)",
     )
     args = parser.parse_args(argv)
+    unknown = set(args.only) - set(NAMES)
+    if unknown:
+        parser.error(f"unknown benchmark: {', '.join(sorted(unknown))}")
+    only = set(args.only)
     command = "python -m benchmarks run" + (" --quick" if args.quick else "")
-    if args.quick:
-        rows = fetch.run([50], [0], peers=not args.no_peers, rss2email_max=50)
-    else:
-        rows = fetch.run([1000], [0, 50], peers=not args.no_peers)
-        # At 10,000 feeds rss2email and newsboat take many minutes: the bare loop only.
-        rows += fetch.run([10_000], [50], peers=not args.no_peers, rss2email_max=0, newsboat_max=0)
-    blocks = {"machine": machine_summary(command), "fetch": fetch.table(rows)}
+    if only != set(NAMES):
+        command += f" --only {','.join(args.only)}"
+    blocks = {"machine": machine_summary(command)}
+    if "fetch" in only:
+        if args.quick:
+            rows = fetch.run([50], [0], peers=not args.no_peers, rss2email_max=50)
+        else:
+            rows = fetch.run([1000], [0, 50], peers=not args.no_peers)
+            # At 10,000 feeds rss2email and newsboat take many minutes: the bare loop only.
+            rows += fetch.run([10_000], [50], peers=not args.no_peers, rss2email_max=0, newsboat_max=0)
+        blocks["fetch"] = fetch.table(rows)
     data = extraction_quality.DEFAULT_DATA
-    if data.is_dir():
+    if not data.is_dir() and only & {"extraction", "e2e", "profile"}:
+        print(f"skipped the extraction, end-to-end and profile benchmarks: {data} is absent", file=sys.stderr)
+    elif "extraction" in only:
         quality = extraction_quality.evaluate(data, limit=5 if args.quick else None)
         blocks["extraction-quality"] = extraction_quality.table(quality)
         if not args.quick:
             blocks["extraction-speed"] = extraction_speed.table(extraction_speed.run(data))
-    else:
-        print(f"skipped the extraction benchmarks: {data} is absent", file=sys.stderr)
-    blocks["dedup-quality"] = dedup_quality.table(dedup_quality.evaluate())
-    blocks["digest"] = digest_render.table([100] if args.quick else [1000, 10_000])
+    if "e2e" in only and data.is_dir():
+        # The workload: 200 feeds × 20 new articles = 4,000 pages at 50 ms latency.
+        result = e2e.run(data, feeds=2 if args.quick else 200, latency_ms=50)
+        if result is not None:
+            blocks["e2e"] = e2e.table(result)
+    if "profile" in only and data.is_dir():
+        # A quarter of the end-to-end workload: enough samples, a quarter of the time.
+        profiled = profile.run(data, feeds=1 if args.quick else 50, latency_ms=50)
+        if profiled is not None:
+            blocks["profile"] = profile.table(profiled)
+    if "dedup" in only:
+        blocks["dedup-quality"] = dedup_quality.table(dedup_quality.evaluate())
+    if "digest" in only:
+        blocks["digest"] = digest_render.table([100] if args.quick else [1000, 10_000])
+    if "growth" in only:
+        blocks.update(
+            growth.run(
+                [5, 10] if args.quick else [100, 1000, 10_000],
+                [100, 200] if args.quick else [1000, 10_000, 100_000],
+                ["sqlite"],
+                None,
+                latency_ms=50,
+                # The plots go beside the report, so that a --quick run into a scratch report
+                # leaves docs/ alone.
+                plots=args.output.parent,
+                probes=20 if args.quick else 200,
+            )
+        )
     if args.soak:
         blocks["soak"] = soak.table(soak.run(0.5 if args.quick else 15, 50, 120))
     report = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
