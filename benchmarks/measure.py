@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -17,6 +19,11 @@ class Measurement:
     returncode: int
     stdout: str
     stderr: str
+
+
+def find_tool(name: str) -> str | None:
+    """A program on PATH, or in this interpreter's own bin/ (pip installs into the venv's)."""
+    return shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
 
 
 def _tree_rss_kb(root: int) -> int:

@@ -22,7 +22,6 @@ import json
 import marshal
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 from benchmarks import e2e
 from benchmarks.extraction_speed import DEFAULT_DATA
 from benchmarks.farm import ITEMS_PER_FEED, start_farm
+from benchmarks.measure import find_tool
 
 RATE = 50  # samples per second: enough for a top-15 of a minute's pass, cheap to take
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
@@ -120,7 +120,7 @@ def run(
     if not e2e.pages_of(data):
         print(f"skipped the profile: no pages under {data}/html", file=sys.stderr)
         return None
-    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    py_spy = find_tool("py-spy")
     if tool == "auto":
         tool = "py-spy" if py_spy and _py_spy_works(py_spy) else "cProfile"
     with (

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import REPO
+import pytest
+
+from .conftest import REPO, SHARED
 
 
 def test_quick_benchmark_run_writes_a_report(tmp_path: Path) -> None:
@@ -25,3 +28,54 @@ def test_quick_benchmark_run_writes_a_report(tmp_path: Path) -> None:
     assert "old" not in text
     assert "| 50 | 0 ms | full |" in text and "| 50 | 0 ms | conditional |" in text
     assert "Command: `python -m benchmarks run --quick`" in text
+
+
+def test_quick_run_of_the_end_to_end_profile_and_growth_benchmarks(tmp_path: Path) -> None:
+    report = tmp_path / "PERFORMANCE.md"
+    report.write_text("# Kept\n")
+    only = ["--only", "e2e,profile,growth", "--output", str(report)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", "--quick", "--no-peers", *only],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = report.read_text()
+    assert "Command: `python -m benchmarks run --quick --only e2e,profile,growth`" in text
+    assert "<!-- growth-fetch:begin -->" in text and "| 10 |" in text
+    assert "<!-- growth-dedup:begin -->" in text and "| sqlite | 200 |" in text
+    if importlib.util.find_spec("matplotlib"):
+        for name in ("growth-fetch.png", "growth-dedup.png"):
+            assert (tmp_path / name).read_bytes().startswith(b"\x89PNG"), name
+            assert f"]({name})" in text
+    if not any((SHARED / "data" / "extraction" / "dev" / "html").glob("*.html")):
+        assert "<!-- e2e:begin -->" not in text and "is absent" in done.stderr
+        pytest.skip("../shared/data/extraction/dev is absent: end-to-end and profile not run")
+    # 2 feeds × 20 pages: every page fetched, extracted and stored; the peer read the same 40.
+    assert "2 feeds × 20 = 40 pages at 50 ms latency; full pass: 40 new articles" in text
+    assert "| full pass: peak RSS (MB) |" in text and "Floor: the bare loop needs" in text
+    assert "<!-- profile:begin -->" in text and "| 1 | `" in text
+    assert "Ours (`aggregator/`) in all: " in text and "our top five: " in text
+
+
+def test_profile_adds_up_own_samples_across_processes() -> None:
+    from benchmarks.profile import aggregate_raw, where
+
+    raw = (
+        'process 10:"python -m aggregator fetch";run (/v/lib/python3.11/asyncio/runners.py:1);'
+        "refresh (/w/aggregator/pipeline.py:5) 3\n"
+        'process 10:"python -m aggregator fetch";process 11:"python -c from x import y; y() --fork";'
+        "work (/w/aggregator/worker.py:9);extract (/v/lib/python3.11/site-packages/trafilatura/core.py:2) 7\n"
+        'process 11:"python -c a; b";extract (/v/lib/python3.11/site-packages/trafilatura/core.py:4) 2\n'
+        'process 12:"python" 1\n'
+    )
+    own, total = aggregate_raw(raw)
+    assert total == 13
+    assert own[("extract", "/v/lib/python3.11/site-packages/trafilatura/core.py")] == 9
+    assert own[("refresh", "/w/aggregator/pipeline.py")] == 3
+    assert sum(count for (function, _), count in own.items() if function.startswith("(no Python")) == 1
+    assert where("/w/aggregator/pipeline.py") == ("aggregator.pipeline", True)
+    assert where("/v/lib/python3.11/site-packages/trafilatura/core.py") == ("trafilatura", False)
+    assert where("/v/lib/python3.11/asyncio/runners.py") == ("stdlib asyncio.runners", False)
