@@ -44,6 +44,8 @@ def ours(base: str, feeds: int, folder: Path) -> dict[str, Any]:
         "conditional_s": conditional.seconds,
         "full_pass_s": _pass_seconds(full.stdout),
         "conditional_pass_s": _pass_seconds(conditional.stdout),
+        "full_cpu_s": full.cpu_s,
+        "conditional_cpu_s": conditional.cpu_s,
         "full_rss_mb": full.peak_rss_mb,
         "conditional_rss_mb": conditional.peak_rss_mb,
         "summary": full.stdout.strip().splitlines()[-1] if full.stdout.strip() else "",

@@ -145,7 +145,8 @@ def run(
         if done.returncode != 0:
             raise RuntimeError(f"profiled fetch failed ({done.returncode}): {done.stderr[-2000:]}")
         own, total = aggregate_raw(raw.read_text()) if tool == "py-spy" else aggregate_cprofile(dumps)
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    # py-spy prints its own lines into the same stdout: keep the command's summary.
+    summary = next((line for line in reversed(done.stdout.splitlines()) if line.startswith("fetched ")), "")
     return {
         "tool": tool,
         "feeds": feeds,

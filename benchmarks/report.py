@@ -11,7 +11,17 @@ from importlib import metadata
 
 from benchmarks.measure import find_tool
 
-LIBRARIES = ("feedparser", "httpx", "httpcore", "lxml", "trafilatura", "SQLAlchemy", "nh3", "matplotlib", "py-spy")
+LIBRARIES = (
+    "feedparser",
+    "httpx",
+    "httpcore",
+    "lxml",
+    "trafilatura",
+    "SQLAlchemy",
+    "nh3",
+    "matplotlib",
+    "py-spy",
+)
 
 
 def machine_summary(command: str) -> str:
