@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if "growth" in only:
         blocks.update(
             growth.run(
-                [5, 10] if args.quick else [100, 1000, 10_000],
+                [3, 6] if args.quick else [100, 1000, 10_000],
                 [100, 200] if args.quick else [1000, 10_000, 100_000],
                 ["sqlite"],
                 None,
