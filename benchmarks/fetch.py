@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import yaml
 
 from benchmarks.farm import start_farm
-from benchmarks.measure import Measurement, run_measured
+from benchmarks.measure import Measurement, find_tool, run_measured
 
 
 def _check(m: Measurement, what: str) -> Measurement:
@@ -45,6 +44,8 @@ def ours(base: str, feeds: int, folder: Path) -> dict[str, Any]:
         "conditional_s": conditional.seconds,
         "full_pass_s": _pass_seconds(full.stdout),
         "conditional_pass_s": _pass_seconds(conditional.stdout),
+        "full_cpu_s": full.cpu_s,
+        "conditional_cpu_s": conditional.cpu_s,
         "full_rss_mb": full.peak_rss_mb,
         "conditional_rss_mb": conditional.peak_rss_mb,
         "summary": full.stdout.strip().splitlines()[-1] if full.stdout.strip() else "",
@@ -64,7 +65,7 @@ def bare(base: str, feeds: int) -> dict[str, Any]:
 
 
 def newsboat(base: str, feeds: int, folder: Path) -> dict[str, Any] | None:
-    binary = shutil.which("newsboat")
+    binary = find_tool("newsboat")
     if binary is None:
         return None
     (folder / "urls").write_text("".join(f"{base}/feed/{i}.xml\n" for i in range(feeds)))
@@ -91,7 +92,7 @@ def newsboat(base: str, feeds: int, folder: Path) -> dict[str, Any] | None:
 
 
 def rss2email(base: str, feeds: int, folder: Path) -> dict[str, Any] | None:
-    binary = shutil.which("r2e")
+    binary = find_tool("r2e")
     if binary is None:
         return None
     config, data = folder / "r2e.cfg", folder / "r2e.json"

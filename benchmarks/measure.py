@@ -1,9 +1,12 @@
-"""Run a command and measure its wall time and the peak RSS of its whole process tree."""
+"""Run a command and measure its wall time, CPU time and the peak RSS of its whole process tree."""
 
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -17,6 +20,14 @@ class Measurement:
     returncode: int
     stdout: str
     stderr: str
+    # User + system seconds of the command and every descendant it waited for: on a shared
+    # machine this moves less than the wall time.
+    cpu_s: float = 0.0
+
+
+def find_tool(name: str) -> str | None:
+    """A program on PATH, or in this interpreter's own bin/ (pip installs into the venv's)."""
+    return shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
 
 
 def _tree_rss_kb(root: int) -> int:
@@ -47,6 +58,7 @@ def run_measured(
     command: list[str], *, env: dict[str, str] | None = None, cwd: str | None = None, timeout: float = 1800
 ) -> Measurement:
     """Run ``command``; sample the RSS of it and its descendants every 100 ms."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     process = subprocess.Popen(
         command,
@@ -75,4 +87,7 @@ def run_measured(
         if process.poll() is None:
             process.kill()
             process.communicate()
-    return Measurement(time.monotonic() - started, peak / 1024, process.returncode, stdout, stderr)
+    seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Measurement(seconds, peak / 1024, process.returncode, stdout, stderr, cpu)

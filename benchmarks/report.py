@@ -5,12 +5,23 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
 import subprocess
 from datetime import UTC, datetime
 from importlib import metadata
 
-LIBRARIES = ("feedparser", "httpx", "httpcore", "lxml", "trafilatura", "SQLAlchemy", "nh3")
+from benchmarks.measure import find_tool
+
+LIBRARIES = (
+    "feedparser",
+    "httpx",
+    "httpcore",
+    "lxml",
+    "trafilatura",
+    "SQLAlchemy",
+    "nh3",
+    "matplotlib",
+    "py-spy",
+)
 
 
 def machine_summary(command: str) -> str:
@@ -25,7 +36,7 @@ def machine_summary(command: str) -> str:
     versions = ", ".join(f"{name} {_version(name)}" for name in LIBRARIES)
     peers = []
     for binary, flag in (("newsboat", "-v"), ("r2e", "--version")):
-        path = shutil.which(binary)
+        path = find_tool(binary)
         if path:
             out = subprocess.run([path, flag], capture_output=True, text=True, timeout=30)
             peers.append((out.stdout or out.stderr).strip().splitlines()[0][:60])
