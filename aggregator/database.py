@@ -27,8 +27,12 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def create_db_engine(url: str, *, pool: bool = True) -> Engine:
-    """Return an Engine; SQLite gets WAL, a busy timeout and foreign keys, and its folder made."""
+def create_db_engine(url: str, *, pool: bool = True, checkpoints: bool = True) -> Engine:
+    """Return an Engine; SQLite gets WAL, a busy timeout and foreign keys, and its folder made.
+
+    ``checkpoints=False``: this engine's commits never checkpoint the SQLite write-ahead log;
+    whoever asks for that checkpoints it (``Store.checkpoint``).
+    """
     url = normalise_url(url)
     try:
         parsed = make_url(url)
@@ -48,7 +52,7 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
     except (ArgumentError, ImportError) as exc:
         raise StorageError(f"cannot use database {redact(url)}: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas if checkpoints else _sqlite_pragmas_no_checkpoints)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
 
@@ -62,6 +66,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB of pages: seven indexes per article
+    # The log is reused from its start after a complete checkpoint; past 64 MiB it is cut back.
+    cursor.execute("PRAGMA journal_size_limit=67108864")
+    cursor.close()
+
+
+def _sqlite_pragmas_no_checkpoints(dbapi_connection: Any, record: Any) -> None:
+    # A commit that crosses the log's threshold (1,000 pages) copies the log into the database
+    # and syncs both, while the writers' lock is held: the refresh workers leave that to a
+    # checkpoint outside the lock (pipeline.py), which takes no writer's time.
+    _sqlite_pragmas(dbapi_connection, record)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
 

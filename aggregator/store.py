@@ -253,6 +253,17 @@ class Store:
                     claimed.append(feed.url)
         return claimed
 
+    def checkpoint(self) -> None:
+        """Copy SQLite's write-ahead log into the database without waiting for any reader or
+        writer (PASSIVE); nothing to do on PostgreSQL."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+        except OperationalError as exc:
+            raise StorageError(f"checkpoint of the database failed: {exc}") from None
+
     def renew_claims(self, owner: str, until: datetime) -> int:
         """Extend the leases of the feeds ``owner`` is refreshing now; return how many.
 
@@ -342,9 +353,11 @@ class Store:
             values.update(record.location.values())
         # Shingles and MinHash are CPU work: done before the write transaction, not inside it.
         profiles = [text_profile(a.text) for a in articles]
+        feeds = Feed.__table__
         with self._writing() as session:
-            feed_id = session.scalar(
-                update(Feed).where(Feed.url == feed_url).values(**values).returning(Feed.id)
+            # Core, not the ORM's bulk update: the same statement at a fraction of the CPU.
+            feed_id = session.connection().scalar(
+                update(feeds).where(feeds.c.url == feed_url).values(**values).returning(feeds.c.id)
             )
             if feed_id is None:  # not created by ensure_feeds: make the row, then update it
                 feed_id = self._feed_row(session, feed_url, record.now).id
@@ -391,7 +404,7 @@ class Store:
         ]
         if hashes:
             lookups.append(Article.content_hash.in_(sorted(hashes)))
-        rows = session.execute(
+        rows = session.connection().execute(
             select(
                 Article.id,
                 Article.duplicate_of,
@@ -483,29 +496,37 @@ class Store:
         # Core statements on the session's connection: the ORM's bulk path costs more per row
         # than the insert itself here (a feed's articles and their 32 band keys each).
         connection = session.connection()
-        articles_table, bands_table = Article.__table__, ArticleBand.__table__
+        articles = Article.__table__
+        connection.execute(articles.insert(), values)
         if not twins and not banded:
-            connection.execute(articles_table.insert(), values)
             return len(values), duplicates
-        ids = (
+        # The ids by the (feed, entry) key that is unique: one query, where INSERT … RETURNING
+        # with the rows' order kept runs one statement per row on SQLite.
+        keyed = dict(
             connection.execute(
-                articles_table.insert().returning(articles_table.c.id, sort_by_parameter_order=True), values
-            )
-            .scalars()
-            .all()
+                select(articles.c.entry_key, articles.c.id).where(
+                    articles.c.feed_id == feed_id, articles.c.entry_key.in_([v["entry_key"] for v in values])
+                )
+            ).all()
         )
+        ids = [keyed[v["entry_key"]] for v in values]
         copies: dict[int, list[int]] = {}
         for position, twin in twins.items():
             copies.setdefault(twin, []).append(ids[position])
         for twin, copy_ids in copies.items():
             session.execute(update(Article).where(Article.id.in_(copy_ids)).values(duplicate_of=ids[twin]))
         bands = [
-            {"band_key": band_key, "article_id": ids[position]}
+            (band_key, ids[position])
             for position, profile in banded.items()
             for band_key in dict.fromkeys(profile.band_keys)
         ]
         if bands:
-            connection.execute(bands_table.insert(), bands)
+            # 32 rows an article: handed to the driver's executemany as they are, since
+            # SQLAlchemy's per-row parameter processing cost more than SQLite's inserts.
+            marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+            connection.exec_driver_sql(
+                f"INSERT INTO article_bands (band_key, article_id) VALUES ({marker}, {marker})", bands
+            )
         return len(values), duplicates
 
     @contextmanager
@@ -897,7 +918,7 @@ def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | N
     bands = select(ArticleBand.band_key, ArticleBand.article_id).where(
         _among(session, ArticleBand.band_key, wanted)
     )
-    for key, article_id in session.execute(bands):
+    for key, article_id in session.connection().execute(bands):
         hits.setdefault(key, []).append(article_id)
     if not hits:
         return found
@@ -905,7 +926,7 @@ def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | N
     stored: dict[int, tuple[int, str]] = {}  # id -> (its representative, its text)
     for chunk in _chunks(sorted({c for ranked in candidates for c in ranked})):
         texts = select(Article.id, Article.duplicate_of, Article.text).where(Article.id.in_(chunk))
-        for article_id, duplicate_of, body in session.execute(texts):
+        for article_id, duplicate_of, body in session.connection().execute(texts):
             stored[article_id] = (duplicate_of or article_id, body)
     shingled: dict[int, frozenset[str] | None] = {}
     for index, (profile, ranked) in enumerate(zip(profiles, candidates, strict=True)):
