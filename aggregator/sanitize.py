@@ -119,7 +119,8 @@ _SPACES = re.compile(r"[ \t\u00a0\r\f\v]+")
 _BLOCK_TAG = re.compile(r"</?(?:" + "|".join(sorted(_BLOCKS)) + r")\b[^>]*>", re.IGNORECASE)
 _ANY_TAG = re.compile(r"<[^>]*>")
 # Blocks that nh3 strips (their text stays): a <br> in their place keeps them on a line of their own.
-_STRIPPED_BLOCK_TAG = re.compile(r"(?=</?(?:" + "|".join(sorted(_BLOCKS - _TAGS)) + r")\b)", re.IGNORECASE)
+# (No lookahead: a pattern that starts with "<" lets the engine skip to the next "<".)
+_STRIPPED_BLOCK_TAG = re.compile(r"</?(?:" + "|".join(sorted(_BLOCKS - _TAGS)) + r")\b", re.IGNORECASE)
 _IMAGE_WITHOUT_SOURCE = re.compile(r"<img\b(?![^>]*\ssrc=\")[^>]*>")
 _CELLS = {"td", "th"}
 _CELL_END = re.compile(r"</t[dh]\s*>", re.IGNORECASE)
@@ -142,7 +143,7 @@ def clean_html(html: str, base_url: str | None = None) -> str:
         return value
 
     cleaned = nh3.clean(
-        _STRIPPED_BLOCK_TAG.sub("<br>", html),
+        _STRIPPED_BLOCK_TAG.sub(r"<br>\g<0>", html),
         tags=_TAGS,
         attributes=_ATTRIBUTES,
         url_schemes={"http", "https", "mailto"},

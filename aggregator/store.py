@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import (
     ARRAY,
     BigInteger,
     ColumnElement,
     Engine,
+    Select,
     any_,
     bindparam,
     delete,
@@ -915,10 +916,10 @@ def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | N
     found: list[int | None] = [None] * len(profiles)
     wanted = sorted({key for profile in profiles if profile for key in profile.band_keys})
     hits: dict[int, list[int]] = {}
-    bands = select(ArticleBand.band_key, ArticleBand.article_id).where(
-        _among(session, ArticleBand.band_key, wanted)
-    )
-    for key, article_id in session.connection().execute(bands):
+    connection = session.connection()
+    postgresql = connection.dialect.name == "postgresql"
+    keys: object = list(wanted) if postgresql else json.dumps(wanted)
+    for key, article_id in connection.execute(_BAND_LOOKUP[postgresql], {"keys": keys}):
         hits.setdefault(key, []).append(article_id)
     if not hits:
         return found
@@ -1010,13 +1011,21 @@ def _batch_near_duplicate(
     return None if best is None else best[2]
 
 
-def _among(session: Session, column: Any, keys: Sequence[int]) -> ColumnElement[bool]:
-    """``column IN keys`` with the keys as one bound value (a feed's articles look up 640 band
-    keys: 640 bound parameters cost more to render than the indexed lookup itself)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column == any_(bindparam("keys", list(keys), type_=ARRAY(BigInteger)))
-    values = func.json_each(bindparam("keys", json.dumps(list(keys)))).table_valued("value")
-    return column.in_(select(values.c.value))
+def _band_lookup(postgresql: bool) -> Select[tuple[int, int]]:
+    """The stored articles having any of the band keys bound as ``keys``, given as one value (a
+    feed's articles look up 640 keys: as many bound parameters cost more to render than the
+    indexed lookup itself): an array on PostgreSQL, a JSON list read by json_each on SQLite.
+    Built once: constructing the statement cost as much as running it."""
+    column = ArticleBand.band_key
+    if postgresql:
+        wanted: ColumnElement[bool] = column == any_(bindparam("keys", type_=ARRAY(BigInteger)))
+    else:
+        values = func.json_each(bindparam("keys")).table_valued("value")
+        wanted = column.in_(select(values.c.value))
+    return select(ArticleBand.band_key, ArticleBand.article_id).where(wanted)
+
+
+_BAND_LOOKUP = {False: _band_lookup(False), True: _band_lookup(True)}
 
 
 def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
