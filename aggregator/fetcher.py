@@ -176,7 +176,7 @@ class Fetcher:
         self._clients = [
             self._make_client(settings, timeout, size, ssl_context, backend) for _ in range(shards)
         ]
-        self._turn = 0
+        self._busy = [0] * len(self._clients)  # requests in flight per pool
         self._total = timeout
         self._global = asyncio.Semaphore(settings.concurrency)
         self._hosts: dict[str, asyncio.Semaphore] = {}
@@ -217,9 +217,10 @@ class Fetcher:
             trust_env=False,
         )
 
-    def _client(self) -> httpx.AsyncClient:
-        self._turn = (self._turn + 1) % len(self._clients)
-        return self._clients[self._turn]
+    def _least_busy(self) -> int:
+        # Not in turn: a pool given more requests than it has connections queues them, and
+        # its scan of queued requests against connections grows with both.
+        return min(range(len(self._busy)), key=self._busy.__getitem__)
 
     async def fetch(
         self,
@@ -270,7 +271,17 @@ class Fetcher:
         self, url: str, current: str, headers: dict[str, str], permanent: bool
     ) -> FetchResult | tuple[bool, str]:
         """Do one request: the final result, or (still permanent, next URL) for a redirect."""
-        async with self._client().stream("GET", current, headers=headers) as response:
+        shard = self._least_busy()
+        self._busy[shard] += 1
+        try:
+            return await self._request(self._clients[shard], url, current, headers, permanent)
+        finally:
+            self._busy[shard] -= 1
+
+    async def _request(
+        self, client: httpx.AsyncClient, url: str, current: str, headers: dict[str, str], permanent: bool
+    ) -> FetchResult | tuple[bool, str]:
+        async with client.stream("GET", current, headers=headers) as response:
             location = response.headers.get("location")
             if response.status_code in _REDIRECTS and location:
                 await self._drain(response)
