@@ -139,12 +139,17 @@ def plot_fetch(rows: list[dict[str, Any]], latency_ms: int, path: Path) -> bool:
     axes.set_xlabel("feeds (log scale)")
     axes.set_ylabel("wall time of the pass / CPU time, s (log scale)")
     axes.set_title(f"aggregator fetch: time against feeds ({latency_ms} ms latency, full text off)")
+    _save(plt, figure, axes, path)
+    return True
+
+
+def _save(plt: Any, figure: Any, axes: Any, path: Path) -> None:
+    """Grid, legend, layout, written to ``path``; the figure's memory freed."""
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
-    return True
 
 
 def plot_dedup(rows: list[dict[str, Any]], path: Path) -> bool:
@@ -163,11 +168,7 @@ def plot_dedup(rows: list[dict[str, Any]], path: Path) -> bool:
     axes.set_xlabel("articles stored (log scale)")
     axes.set_ylabel("near-duplicate lookup, ms")
     axes.set_title("Duplicate lookup against corpus size (flat is the goal)")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _save(plt, figure, axes, path)
     return True
 
 

@@ -390,6 +390,23 @@ def test_digest_config_errors(
         load_settings(config, environ={})
 
 
+def arrived_after() -> NewArticle:
+    """A story that arrives after a digest run was recorded."""
+    return NewArticle(
+        "https://b.example/feed",
+        "b2",
+        "https://b.example/2",
+        "Arrived after",
+        None,
+        NOW,
+        "",
+        f"Later. {body('later')}",
+        "",
+        "feed",
+        None,
+    )
+
+
 def test_a_run_left_pending_is_resent_as_it_was(smtp_server: SmtpSink, write_config: ConfigWriter) -> None:
     from aggregator.delivery import prepare_digest
     from aggregator.digest import message_id
@@ -406,21 +423,7 @@ def test_a_run_left_pending_is_resent_as_it_was(smtp_server: SmtpSink, write_con
     later = FetchRecord(200, None, None, "Feed", None, NOW, NOW)
     store.store_refresh(
         "https://b.example/feed",
-        [
-            NewArticle(
-                "https://b.example/feed",
-                "b2",
-                "https://b.example/2",
-                "Arrived after",
-                None,
-                NOW,
-                "",
-                f"Later. {body('later')}",
-                "",
-                "feed",
-                None,
-            )
-        ],
+        [arrived_after()],
         later,
     )
     store.close()
@@ -451,21 +454,7 @@ def test_a_digest_sent_for_its_slot_is_not_sent_again_for_it(
         assert send_digest(store, settings, NOW, slot=slot).digest is not None
         store.store_refresh(
             "https://b.example/feed",
-            [
-                NewArticle(
-                    "https://b.example/feed",
-                    "b2",
-                    "https://b.example/2",
-                    "Arrived after",
-                    None,
-                    NOW,
-                    "",
-                    f"Later. {body('later')}",
-                    "",
-                    "feed",
-                    None,
-                )
-            ],
+            [arrived_after()],
             FetchRecord(200, None, None, "Feed", None, NOW, NOW),
         )
         later = NOW + timedelta(seconds=2)
