@@ -79,7 +79,10 @@ class Pipeline:
                 on_done(outcome)
             return outcome
 
-        checkpoints = asyncio.ensure_future(self._checkpoints()) if self._pool() is not None else None
+        # Only the worker processes' commits leave checkpoints to us; asking _pool() here would
+        # start the workers for a pass of 304s that needs none.
+        workers = self.settings.extract.workers != 0
+        checkpoints = asyncio.ensure_future(self._checkpoints()) if workers else None
         try:
             return list(await asyncio.gather(*(one(feed) for feed in feeds)))
         finally:
