@@ -123,3 +123,51 @@ def test_images_do_not_change_the_text() -> None:
     assert with_images is not None and without is not None
     assert "<img" in with_images.html and "<img" not in without.html
     assert with_images.text == without.text
+
+
+def _dev_pages() -> list[tuple[str, str]]:
+    folder = SHARED / "data/extraction/dev"
+    if not (folder / "ground-truth.json").exists():
+        return []
+    truth = json.loads((folder / "ground-truth.json").read_text())
+    return [
+        ((folder / "html" / f"{page_id}.html").read_text(), truth[page_id]["url"])
+        for page_id in sorted(truth)
+    ]
+
+
+def test_page_metadata_matches_trafilaturas_on_every_field_we_read() -> None:
+    import trafilatura
+
+    from aggregator.page_meta import FIELDS, page_metadata
+
+    pages = [
+        (page(name), "https://site.example/story/") for name in ("gazette-haftar", "wire-haftar", "images")
+    ]
+    pages += _dev_pages()  # 110 real pages when ../shared is here
+    for html, url in pages:
+        tree = trafilatura.load_html(html)
+        ours, theirs = page_metadata(tree, url), trafilatura.extract_metadata(tree, url)
+        assert {f: getattr(ours, f) for f in FIELDS} == {f: getattr(theirs, f) for f in FIELDS}, url
+    assert (
+        page_metadata(trafilatura.load_html(page("gazette-haftar"))).author
+        == "Libyan Gazette Editorial Staff"
+    )
+
+
+@pytest.mark.skipif(not _dev_pages(), reason="../shared/data/extraction/dev is absent")
+def test_a_precision_pass_that_kept_only_a_footer_gives_way_to_the_balanced_pass() -> None:
+    import trafilatura
+
+    from aggregator.extractor import _ENOUGH_WORDS, _extract_body, _join_split_bodies
+
+    folder = SHARED / "data/extraction/dev"
+    page_id = "f8ff621a0b9b7646cc0d57d37416feabba2bf78ef5dd0bfc5b080f9f97bbe584"
+    html = (folder / "html" / f"{page_id}.html").read_text()
+    url = json.loads((folder / "ground-truth.json").read_text())[page_id]["url"]
+    tree = trafilatura.load_html(html)
+    _join_split_bodies(tree)  # as extract_page does before its passes
+    precise = _extract_body(tree, url, precision=True)
+    assert precise is not None and len((precise.text or "").split()) < _ENOUGH_WORDS
+    result = extract_page(html, url)
+    assert result is not None and len(result.text.split()) > 300
