@@ -114,7 +114,7 @@ def extract_page(
         metadata = page_metadata(tree, url)
         _join_split_bodies(tree)
         precise = _extract_body(tree, url, precision=True)
-        if precise is not None and _count_words(precise.text or "") >= _ENOUGH_WORDS:
+        if precise is not None and len((precise.text or "").split()) >= _ENOUGH_WORDS:
             balanced = None
         else:
             balanced = _extract_body(tree, url, precision=False)
