@@ -236,3 +236,69 @@ def test_missing_and_future_dates(httpserver: HTTPServer, write_config: ConfigWr
     for article in stored(settings):
         assert article.published is not None
         assert abs((article.published - article.first_seen).total_seconds()) < 60
+
+
+def test_fetched_feeds_waiting_for_a_worker_are_bounded_by_the_concurrency(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    """Feeds are fetched faster than they are parsed and stored: a fetched body must wait in
+    memory only while fewer than fetch.concurrency others do (10,000 feeds held 600 MB)."""
+    import asyncio
+    import threading
+
+    from werkzeug import Request, Response
+
+    from aggregator.fetcher import Fetcher
+    from aggregator.pipeline import Pipeline
+
+    concurrency, feeds = 2, 10
+    lock = threading.Lock()
+    counts = {"served": 0, "done": 0, "peak": 0}
+
+    def respond(request: Request) -> Response:
+        index = request.path.removeprefix("/bound/")
+        items = "".join(
+            ITEM.format(
+                title=f"Story {index}-{n}",
+                link=f"{httpserver.url_for('/')}story/{index}/{n}",
+                guid=f"{index}-{n}",
+                description=f"Story {index}-{n}: " + "words of the story " * 60,
+            )
+            for n in range(100)
+        )
+        with lock:
+            counts["served"] += 1
+            counts["peak"] = max(counts["peak"], counts["served"] - counts["done"])
+        return Response(
+            RSS.format(title=f"Feed {index}", base="", items=items), content_type="application/rss+xml"
+        )
+
+    for i in range(feeds):
+        httpserver.expect_request(f"/bound/{i}").respond_with_handler(respond)
+    config = write_config(
+        feeds=[{"url": httpserver.url_for(f"/bound/{i}"), "full_text": False} for i in range(feeds)],
+        fetch={"concurrency": concurrency, "max_entries": 100},
+    )
+    settings = load_settings(config, environ={})
+
+    def on_done(_outcome: object) -> None:
+        with lock:
+            counts["done"] += 1
+
+    async def go() -> list:  # type: ignore[type-arg]
+        store = Store.open(settings.database_url)
+        try:
+            async with Fetcher(settings.fetch) as fetcher:
+                pipeline = Pipeline(settings, store, fetcher)
+                try:
+                    return await pipeline.refresh_all(settings.feeds, on_done=on_done)
+                finally:
+                    pipeline.close()
+        finally:
+            store.close()
+
+    outcomes = asyncio.run(go())
+    assert all(o.ok and o.new_articles == 100 for o in outcomes)
+    assert counts["served"] == feeds
+    # Fetched (served) but not yet stored (done): never more than the concurrency.
+    assert 1 <= counts["peak"] <= concurrency
