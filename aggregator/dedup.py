@@ -22,12 +22,18 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import courlan
-import numpy as np
-
 from aggregator.models import ParsedEntry
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy and courlan are imported when first used (_hashing, canonical_url): together they were a
+# third of a second of every command's start-up, and the service's own process of a refresh with
+# worker processes needs neither.
 
 _WORDS = re.compile(r"\w+", re.UNICODE)
 # Texts shorter than this are too generic ("Read more", a headline) to merge on text alone.
@@ -46,6 +52,8 @@ def lead_order(published: datetime | None, first_seen: datetime, article_id: int
 @functools.lru_cache(maxsize=4096)
 def canonical_url(url: str) -> str:
     """Return ``url`` with tracking parameters, fragment and default port removed, query sorted."""
+    import courlan
+
     url = url.strip()
     try:
         cleaned = courlan.normalize_url(url, strict=False)
@@ -135,23 +143,38 @@ MINHASH_VERSION = 2
 _SEED = b"aggregator/minhash/v2"
 # Rows of the (shingles x permutations) matrix computed at once: bounds memory on huge texts.
 _CHUNK = 4096
-_MASK32 = np.uint64(0xFFFFFFFF)
 
 
-def _constants(name: bytes, count: int) -> np.ndarray:
-    """``count`` fixed pseudo-random 64-bit constants, the same on every machine and run."""
-    return np.frombuffer(hashlib.shake_128(_SEED + name).digest(8 * count), dtype="<u8").astype(np.uint64)
+@functools.cache
+def _hashing() -> SimpleNamespace:
+    """numpy and the hash functions' fixed constants, made on first use."""
+    import numpy as np
 
+    def constants(name: bytes, count: int) -> np.ndarray:
+        """``count`` fixed pseudo-random 64-bit constants, the same on every machine and run."""
+        digest = hashlib.shake_128(_SEED + name).digest(8 * count)
+        return np.frombuffer(digest, dtype="<u8").astype(np.uint64)
 
-# Hash function i of a shingle hash x: the high 32 bits of a_i * x + b_i (mod 2**64), a_i odd:
-# the multiply-shift family, universal and one vector operation for all 64 functions at once.
-_A = _constants(b"/a", PERMUTATIONS) | np.uint64(1)
-_B = _constants(b"/b", PERMUTATIONS)
-_BAND_SALT = _constants(b"/band", BANDS)
-_ROW_SALT = _constants(b"/row", ROWS)
-_SHINGLE_SALT = _constants(b"/shingle", 1)[0]
-_SHIFT = np.uint64(32)
-_UINT64_MAX = np.uint64(2**64 - 1)
+    # Hash function i of a shingle hash x: the high 32 bits of a_i * x + b_i (mod 2**64), a_i
+    # odd: the multiply-shift family, universal and one vector operation for all 64 at once.
+    return SimpleNamespace(
+        np=np,
+        a=constants(b"/a", PERMUTATIONS) | np.uint64(1),
+        b=constants(b"/b", PERMUTATIONS),
+        band_salt=constants(b"/band", BANDS),
+        row_salt=constants(b"/row", ROWS),
+        shingle_salt=constants(b"/shingle", 1)[0],
+        shift=np.uint64(32),
+        uint64_max=np.uint64(2**64 - 1),
+        mask32=np.uint64(0xFFFFFFFF),
+        mix=(
+            np.uint64(30),
+            np.uint64(0xBF58476D1CE4E5B9),
+            np.uint64(27),
+            np.uint64(0x94D049BB133111EB),
+            np.uint64(31),
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,33 +221,37 @@ def minhash(grams: Iterable[str]) -> tuple[int, ...]:
     grams = list(grams)
     if not grams:
         raise ValueError("minhash of an empty set")
+    h = _hashing()
+    np = h.np
     # Shingles are words and spaces: NUL separates them in one encoding, one split.
     encoded = "\x00".join(grams).encode("utf-8", "surrogatepass").split(b"\x00")
     codes = np.fromiter(map(zlib.crc32, encoded), dtype=np.uint64, count=len(encoded))
-    hashes = _mix(codes ^ _SHINGLE_SALT)
-    minima = np.full(PERMUTATIONS, _UINT64_MAX, dtype=np.uint64)
+    hashes = _mix(codes ^ h.shingle_salt)
+    minima = np.full(PERMUTATIONS, h.uint64_max, dtype=np.uint64)
     for start in range(0, len(hashes), _CHUNK):
-        values = hashes[start : start + _CHUNK, None] * _A
-        values += _B
-        values >>= _SHIFT
+        values = hashes[start : start + _CHUNK, None] * h.a
+        values += h.b
+        values >>= h.shift
         np.minimum(minima, values.min(axis=0), out=minima)
     return tuple(minima.tolist())
 
 
 def band_keys(signature: Sequence[int]) -> tuple[int, ...]:
     """Return one signed 64-bit key per band of ``signature`` (the band's number is mixed in)."""
-    rows = np.asarray(signature, dtype=np.uint64).reshape(BANDS, ROWS)
-    keys = _BAND_SALT.copy()
+    h = _hashing()
+    rows = h.np.asarray(signature, dtype=h.np.uint64).reshape(BANDS, ROWS)
+    keys = h.band_salt.copy()
     for row in range(ROWS):
-        keys = _mix(keys ^ ((rows[:, row] & _MASK32) * _ROW_SALT[row]))
-    return tuple(keys.view(np.int64).tolist())
+        keys = _mix(keys ^ ((rows[:, row] & h.mask32) * h.row_salt[row]))
+    return tuple(keys.view(h.np.int64).tolist())
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a bijection of 64-bit words that spreads every input bit."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    s1, m1, s2, m2, s3 = _hashing().mix
+    x = (x ^ (x >> s1)) * m1
+    x = (x ^ (x >> s2)) * m2
+    return x ^ (x >> s3)
 
 
 def containment(a: frozenset[str], b: frozenset[str]) -> float:
