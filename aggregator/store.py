@@ -903,16 +903,21 @@ def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | N
             stored[article_id] = (duplicate_of or article_id, body)
     shingled: dict[int, frozenset[str] | None] = {}
     for index, (profile, ranked) in enumerate(zip(profiles, candidates, strict=True)):
-        roots = []
+        best: int | None = None
         for candidate in ranked:
             if candidate not in stored or profile is None:
+                continue
+            root = stored[candidate][0]
+            # Copies of a story share its root: a candidate whose root cannot lower the one found
+            # need not be verified (shingling a stored text is most of the lookup's CPU).
+            if best is not None and root >= best:
                 continue
             if candidate not in shingled:
                 shingled[candidate] = text_shingles(stored[candidate][1])
             theirs = shingled[candidate]
             if theirs is not None and is_near_duplicate(profile.shingles, theirs):
-                roots.append(stored[candidate][0])
-        found[index] = min(roots, default=None)
+                best = root
+        found[index] = best
     return found
 
 
