@@ -537,42 +537,24 @@ class Store:
         """Record polls answered 304, many in one transaction (a pass is mostly these)."""
         if not records:
             return
-        feeds = Feed.__table__
-        # One executemany per shape of row instead of a statement per feed: this runs in a
-        # thread of the event loop's process, and every statement held the GIL it needs.
-        shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}
+        # One executemany per shape of row (with a location or without) instead of a statement
+        # per feed: this runs in a thread of the event loop's process, and every statement held
+        # the GIL it needs.
+        shapes: dict[bool, list[dict[str, object]]] = {False: [], True: []}
         for record in records:
             row: dict[str, object] = {
-                "b_url": record.feed_url,
-                "b_now": record.now,
-                "b_next": record.next_fetch,
+                "feed_url": record.feed_url,
+                "now": record.now,
+                "next_fetch": record.next_fetch,
             }
             if record.location is not None:
-                row.update({f"b_{name}": value for name, value in record.location.values().items()})
-            shapes.setdefault(tuple(row), []).append(row)
+                row.update(record.location.values())
+            shapes[record.location is not None].append(row)
         with self._writing() as session:
             connection = session.connection()
-            for shape, rows in shapes.items():
-                fixed = ("b_url", "b_now", "b_next")
-                moved = {name[2:]: bindparam(name) for name in shape if name not in fixed}
-                statement = (
-                    update(feeds)
-                    .where(feeds.c.url == bindparam("b_url"))
-                    .values(
-                        last_fetch_at=bindparam("b_now"),
-                        last_success_at=bindparam("b_now"),
-                        last_status=304,
-                        last_error=None,
-                        error_kind=None,
-                        consecutive_failures=0,
-                        next_fetch_at=bindparam("b_next"),
-                        gone_at=None,
-                        claimed_by=None,
-                        lease_until=None,
-                        **moved,
-                    )
-                )
-                connection.execute(statement, rows)
+            for located, rows in shapes.items():
+                if rows:
+                    connection.execute(_FEED_NOT_MODIFIED[located], rows)
 
     def record_gone(self, feed_url: str, *, now: datetime, message: str) -> None:
         """Record 410 Gone: the feed is not polled again until fetched explicitly."""
@@ -1046,33 +1028,40 @@ _ENTRY_IDS = select(Article.entry_key, Article.id).where(
 )
 
 
-def _feed_success(location: bool) -> Executable:
-    """The update of a feed's row after a successful fetch (``location``: with where it is polled)."""
+def _feed_fetched(*, location: bool, modified: bool) -> Executable:
+    """The update of a feed's row after a successful fetch: a new document (``modified``,
+    returning the feed's id) or a 304; ``location``: with where the feed is polled."""
     feeds = Feed.__table__
     values: dict[str, object] = {
-        "etag": bindparam("etag"),
-        "last_modified": bindparam("last_modified"),
-        "title": func.coalesce(bindparam("title"), feeds.c.title),
-        "site_url": func.coalesce(bindparam("site_url"), feeds.c.site_url),
         "last_fetch_at": bindparam("now"),
         "last_success_at": bindparam("now"),
-        "last_status": bindparam("status"),
+        "last_status": bindparam("status") if modified else 304,
         "last_error": None,
         "error_kind": None,
         "consecutive_failures": 0,
         "next_fetch_at": bindparam("next_fetch"),
         "gone_at": None,
-        "poll_interval": bindparam("poll_interval"),
-        "last_warning": bindparam("warning"),
         "claimed_by": None,
         "lease_until": None,
     }
+    if modified:
+        values.update(
+            etag=bindparam("etag"),
+            last_modified=bindparam("last_modified"),
+            title=func.coalesce(bindparam("title"), feeds.c.title),
+            site_url=func.coalesce(bindparam("site_url"), feeds.c.site_url),
+            poll_interval=bindparam("poll_interval"),
+            last_warning=bindparam("warning"),
+        )
     if location:
         values.update({name: bindparam(name) for name in FeedLocation(None, None, None, 0).values()})
-    return update(feeds).where(feeds.c.url == bindparam("feed_url")).values(**values).returning(feeds.c.id)
+    statement = update(feeds).where(feeds.c.url == bindparam("feed_url")).values(**values)
+    return statement.returning(feeds.c.id) if modified else statement
 
 
-_FEED_SUCCESS = {False: _feed_success(False), True: _feed_success(True)}
+# Keyed by "with a location": the two shapes of each.
+_FEED_SUCCESS = {located: _feed_fetched(location=located, modified=True) for located in (False, True)}
+_FEED_NOT_MODIFIED = {located: _feed_fetched(location=located, modified=False) for located in (False, True)}
 
 
 def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
