@@ -23,6 +23,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Engine,
+    Integer,
     Select,
     any_,
     bindparam,
@@ -879,10 +880,11 @@ def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | N
         return found
     candidates = [_ranked(profile.band_keys, hits) if profile else [] for profile in profiles]
     stored: dict[int, tuple[int, str]] = {}  # id -> (its representative, its text)
-    for chunk in _chunks(sorted({c for ranked in candidates for c in ranked})):
-        texts = select(Article.id, Article.duplicate_of, Article.text).where(Article.id.in_(chunk))
-        for article_id, duplicate_of, body in session.connection().execute(texts):
-            stored[article_id] = (duplicate_of or article_id, body)
+    ids = sorted({c for ranked in candidates for c in ranked})
+    for article_id, duplicate_of, body in connection.execute(
+        _CANDIDATE_TEXTS[postgresql], {"ids": ids if postgresql else json.dumps(ids)}
+    ):
+        stored[article_id] = (duplicate_of or article_id, body)
     shingled: dict[int, frozenset[str] | None] = {}
     for index, (profile, ranked) in enumerate(zip(profiles, candidates, strict=True)):
         best: int | None = None
@@ -985,6 +987,20 @@ def _band_lookup(postgresql: bool) -> Select[tuple[int, int]]:
 
 
 _BAND_LOOKUP = {False: _band_lookup(False), True: _band_lookup(True)}
+
+
+def _candidate_texts(postgresql: bool) -> Select[tuple[int, int | None, str]]:
+    """The candidates' texts, their ids bound as one value ``ids`` like ``_band_lookup``'s keys.
+    Built once: constructing it on every lookup was a third of a lookup's CPU."""
+    if postgresql:
+        wanted: ColumnElement[bool] = Article.id == any_(bindparam("ids", type_=ARRAY(Integer)))
+    else:
+        values = func.json_each(bindparam("ids")).table_valued("value")
+        wanted = Article.id.in_(select(values.c.value))
+    return select(Article.id, Article.duplicate_of, Article.text).where(wanted)
+
+
+_CANDIDATE_TEXTS = {False: _candidate_texts(False), True: _candidate_texts(True)}
 
 # The statements a refresh runs for every feed, built once with their values as bound parameters:
 # building a statement (columns coerced, IN lists expanded, its cache key computed) cost a few ms
