@@ -20,7 +20,7 @@ import logging
 import re
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from itertools import islice, pairwise
 
@@ -93,12 +93,20 @@ _MAX_IMAGES = 300
 
 
 def extract_page(
-    html: str | bytes, url: str | None = None, *, selector: str | None = None
+    html: str | bytes,
+    url: str | None = None,
+    *,
+    selector: str | None = None,
+    feed_has: Collection[str] = (),
 ) -> ExtractedPage | None:
     """Return the article found in ``html``, or None when there is no article text.
 
     ``selector``, a CSS selector, names the article body on sites the generic extractor gets
     wrong: only that element (and the page's <head>, for the metadata) is extracted from.
+    ``feed_has`` names what the feed entry gives already, so that the page is not searched for
+    it (``prepare.build_article`` prefers the feed's): "author" (a machine-readable author in
+    the page's meta tags or JSON-LD is still read; the search of the page for a byline is
+    skipped), "date" (no date is read).
     """
     if not html:
         return None
@@ -111,7 +119,9 @@ def extract_page(
         tree = trafilatura.load_html(html, _MAX_FILE_SIZE)
         if tree is None:
             return None
-        metadata = page_metadata(tree, url)
+        metadata = page_metadata(
+            tree, url, search_author="author" not in feed_has, find_dates="date" not in feed_has
+        )
         _join_split_bodies(tree)
         precise = _extract_body(tree, url, precision=True)
         if precise is not None and len((precise.text or "").split()) >= _ENOUGH_WORDS:

@@ -202,21 +202,24 @@ class Pipeline:
         wanted = set(ingested.pages)
         items = [item for item in ingested.new if item.key in wanted]
         fetched = await asyncio.gather(
-            *(self._fetch_and_extract(item.entry.url or feed.url, feed.selector) for item in items)
+            *(
+                self._fetch_and_extract(item.entry.url or feed.url, feed.selector, item.feed_has())
+                for item in items
+            )
         )
         return {item.key: page for item, page in zip(items, fetched, strict=True)}
 
     async def _fetch_and_extract(
-        self, url: str, selector: str | None = None
+        self, url: str, selector: str | None = None, feed_has: tuple[str, ...] = ()
     ) -> tuple[ExtractedPage | None, str]:
         """Fetch a page and extract it, at most ``fetch.concurrency`` pages at once from fetch
         to extraction: pages are fetched faster than they are extracted, and without a bound
         every fetched body of a large pass waited in memory for a worker (4,000 pages: 570 MB)."""
         async with self._slots("pages"):
-            return await self._fetch_and_extract_now(url, selector)
+            return await self._fetch_and_extract_now(url, selector, feed_has)
 
     async def _fetch_and_extract_now(
-        self, url: str, selector: str | None
+        self, url: str, selector: str | None, feed_has: tuple[str, ...]
     ) -> tuple[ExtractedPage | None, str]:
         try:
             result = await self.fetcher.fetch(url, accept=PAGE_ACCEPT)
@@ -233,7 +236,7 @@ class Pipeline:
             # The worker gives up at the limit itself; this wait is the backstop for a worker
             # stuck in C code that the alarm cannot interrupt.
             page = await asyncio.wait_for(
-                self._cpu(extract, result.body, result.final_url, selector, limit), limit * 2 + 5
+                self._cpu(extract, result.body, result.final_url, selector, limit, feed_has), limit * 2 + 5
             )
         except TimeoutError:
             log.warning("extraction timed out url=%s limit=%ss", url, limit)

@@ -37,6 +37,12 @@ class PreparedEntry:
     html: str  # the feed's own HTML, sanitised
     text_hash: str | None
     summary: str  # the summary as text
+    # The feed gave the entry a plausible date (sane_dates did not have to supply one).
+    dated: bool = True
+
+    def feed_has(self) -> tuple[str, ...]:
+        """What the page need not be searched for (``extractor.extract_page``'s ``feed_has``)."""
+        return tuple(name for name, given in (("author", self.entry.author), ("date", self.dated)) if given)
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,11 @@ def prepare_feed(result: FetchResult, max_entries: int, now: datetime) -> Prepar
     Raises FetchError("not_a_feed" | "parse") like parser.parse_feed.
     """
     parsed = parse_feed(result)
-    entries = sane_dates(parsed.entries[:max_entries], now)
+    given = parsed.entries[:max_entries]
+    entries = sane_dates(given, now)
     repeated = repeated_guids(entries)
     prepared = []
-    for entry in entries:
+    for original, entry in zip(given, entries, strict=True):
         feed_html = entry.content_html or entry.summary_html
         base_url = entry.url or result.final_url
         html = clean_html(feed_html, base_url)
@@ -69,6 +76,7 @@ def prepare_feed(result: FetchResult, max_entries: int, now: datetime) -> Prepar
                 text_hash=text_hash(text),
                 # Without separate content the summary is the text: not stored twice.
                 summary=html_to_text(entry.summary_html) if entry.content_html else "",
+                dated=entry.published == original.published,
             )
         )
     return PreparedFeed(parsed, tuple(prepared))
@@ -90,8 +98,10 @@ def build_article(
     """Merge a feed entry with what its page gave (if anything) into the article to store.
 
     The page's text wins when it is at least as long as the feed's own; the feed's headline
-    and date win (the page <title> carries "- Site Name", and pages often give only a date);
-    the page's byline wins over the feed's author, which fills in when the page has none.
+    and date win (the page <title> carries "- Site Name", and pages often give only a date),
+    and the page's date replaces only the time first seen given to an undated entry; the
+    page's byline wins over the feed's author, which fills in when the page has none (when the
+    feed has an author, the page was read for a machine-readable one only: ``PreparedEntry.feed_has``).
     """
     entry = item.entry
     if page is not None and len(page.text.split()) >= len(item.text.split()):
@@ -107,7 +117,7 @@ def build_article(
         url=url,
         title=entry.title or (page_title(page) if page else "") or url,
         author=(page.author if page and page.author else None) or entry.author,
-        published=entry.published or (page.published if page else None),
+        published=(page.published if page and page.published and not item.dated else None) or entry.published,
         summary=item.summary,
         text=text,
         html=html or text_to_html(text),

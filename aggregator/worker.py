@@ -133,8 +133,11 @@ def _on_alarm(signum: int, frame: object) -> None:
     raise _ExtractionTimeout
 
 
-def extract(body: bytes, url: str, selector: str | None, limit: float) -> ExtractedPage | None:
-    """Extract a page, giving up after ``limit`` seconds (the worker then takes the next job).
+def extract(
+    body: bytes, url: str, selector: str | None, limit: float, feed_has: tuple[str, ...] = ()
+) -> ExtractedPage | None:
+    """Extract a page (``extractor.extract_page``), giving up after ``limit`` seconds (the worker
+    then takes the next job).
 
     The limit is enforced with SIGALRM in a worker process's main thread; in a thread
     (``extract.workers: 0``) the caller's own timeout is the only limit.
@@ -142,11 +145,11 @@ def extract(body: bytes, url: str, selector: str | None, limit: float) -> Extrac
     from aggregator.extractor import extract_page  # trafilatura: imported where it is used
 
     if threading.current_thread() is not threading.main_thread():
-        return extract_page(body, url, selector=selector)
+        return extract_page(body, url, selector=selector, feed_has=feed_has)
     previous = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, limit)
     try:
-        return extract_page(body, url, selector=selector)
+        return extract_page(body, url, selector=selector, feed_has=feed_has)
     except _ExtractionTimeout:
         return None
     finally:

@@ -48,6 +48,26 @@ def test_the_seed_article_metadata_and_clean_html() -> None:
     assert result.html.startswith("<p>A meeting between General Khalifa Haftar")
 
 
+def test_what_the_feed_gives_is_not_searched_for_on_the_page() -> None:
+    url = "https://www.libyangazette.example/?p=1"
+    full = extract_page(page("gazette-haftar"), url)
+    lean = extract_page(page("gazette-haftar"), url, feed_has=("author", "date"))
+    assert full is not None and lean is not None
+    assert (lean.text, lean.html, lean.title) == (full.text, full.html, full.title)
+    assert lean.published is None and full.published is not None
+    # A machine-readable author is still read ...
+    assert lean.author == full.author == "Libyan Gazette Editorial Staff"
+    # ... but not the search of the page's text, which here finds a link's words: the feed's
+    # dc:creator is the better byline.
+    no_meta = page("gazette-haftar").replace(
+        '<meta name="author" content="Libyan Gazette Editorial Staff" />', ""
+    )
+    searched = extract_page(no_meta, url)
+    assert searched is not None and searched.author == "View all posts by Libyan Gazette Editorial Staff"
+    skipped = extract_page(no_meta, url, feed_has=("author",))
+    assert skipped is not None and skipped.author is None
+
+
 def test_repeated_headline_is_not_part_of_the_text() -> None:
     result = extract_page(page("wire-haftar"), "https://news.wire.example/x")
     assert result is not None and result.title

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,51 @@ def test_missing_and_future_dates(httpserver: HTTPServer, write_config: ConfigWr
     for article in stored(settings):
         assert article.published is not None
         assert abs((article.published - article.first_seen).total_seconds()) < 60
+
+
+STORY_PAGE = (
+    "<html><head><title>Harbour story</title></head><body><article><h1>Harbour story</h1>"
+    "<p class='byline'>By <span class='author'>Jane Roe</span></p>"
+    "<time datetime='2024-05-06'>6 May 2024</time>{paragraphs}</article></body></html>"
+).format(
+    paragraphs="".join(
+        f"<p>Paragraph {i} of the story tells of the harbour, the boats and the people who sail "
+        "them out every morning before the town wakes.</p>"
+        for i in range(8)
+    )
+)
+
+
+def test_the_page_fills_in_the_date_and_author_the_feed_lacks(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    base = httpserver.url_for("/").rstrip("/")
+    items = (
+        f"<item><title>Undated</title><link>{base}/p/u</link><guid>u</guid>"
+        "<description>Short.</description></item>"
+        f"<item><title>Future</title><link>{base}/p/f</link><guid>f</guid>"
+        "<pubDate>Fri, 01 Jan 2100 00:00:00 GMT</pubDate><description>Short.</description></item>"
+        f"<item><title>Dated</title><link>{base}/p/d</link><guid>d</guid>"
+        "<pubDate>Sat, 01 Jun 2024 08:00:00 GMT</pubDate><dc:creator>Feed Writer</dc:creator>"
+        "<description>Short.</description></item>"
+    )
+    feed = RSS.format(title="Harbour", base=base, items=items).replace(
+        '<rss version="2.0">', '<rss version="2.0" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+    )
+    httpserver.expect_request("/feed").respond_with_data(feed, content_type="application/rss+xml")
+    for name in ("u", "f", "d"):
+        httpserver.expect_request(f"/p/{name}").respond_with_data(STORY_PAGE, content_type="text/html")
+    settings = load_settings(write_config(feeds=[{"url": httpserver.url_for("/feed")}]), environ={})
+    refresh(settings)
+    by_title = {a.title: a for a in stored(settings)}
+    assert {a.extraction for a in by_title.values()} == {"page"}
+    # No date, or an absurd one: the page's date, not the time first seen.
+    for title in ("Undated", "Future"):
+        assert by_title[title].published == datetime(2024, 5, 6, tzinfo=UTC)
+        assert by_title[title].author == "Jane Roe"  # the byline in the page's text
+    # The feed's date wins; its author too over a byline the page gives only in its text.
+    assert by_title["Dated"].published == datetime(2024, 6, 1, 8, tzinfo=UTC)
+    assert by_title["Dated"].author == "Feed Writer"
 
 
 def test_fetched_feeds_waiting_for_a_worker_are_bounded_by_the_concurrency(
