@@ -219,4 +219,4 @@ def test_pages_are_parsed_into_the_trees_trafilatura_makes() -> None:
             assert etree.tostring(ours) == etree.tostring(theirs), body[:80]
             # What the parser changes: one element class, chosen in C (see extractor._PARSER).
             assert {type(e) for e in ours.iter() if isinstance(e.tag, str)} == {lxml.html.HtmlElement}
-    assert len(bodies) > 8
+    assert len(bodies) >= 8  # the fixtures and broken inputs, with or without ../shared
