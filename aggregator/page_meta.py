@@ -55,10 +55,11 @@ def page_metadata(
         document.url = _meta.extract_url(tree, url)
     if document.url:
         document.hostname = extract_domain(document.url, fast=True)
-    dates = set_date_params(True)
-    dates["url"] = document.url
     if find_dates:
+        dates = set_date_params(True)
+        dates["url"] = document.url
         document.date = find_date(tree, **dates)
+        document.filedate = dates.get("max_date")
     if not document.sitename:
         document.sitename = _meta.extract_sitename(tree)
     if document.sitename:
@@ -69,6 +70,5 @@ def page_metadata(
         found = _meta.META_URL.match(document.url)
         if found:
             document.sitename = found[1]
-    document.filedate = dates.get("max_date") if find_dates else None
     document.clean_and_trim()
     return document

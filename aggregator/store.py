@@ -20,11 +20,8 @@ from typing import TypeVar
 
 from sqlalchemy import (
     ARRAY,
-    BigInteger,
     ColumnElement,
     Engine,
-    Integer,
-    Select,
     any_,
     bindparam,
     delete,
@@ -873,8 +870,9 @@ def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | N
     hits: dict[int, list[int]] = {}
     connection = session.connection()
     postgresql = connection.dialect.name == "postgresql"
-    keys: object = list(wanted) if postgresql else json.dumps(wanted)
-    for key, article_id in connection.execute(_BAND_LOOKUP[postgresql], {"keys": keys}):
+    for key, article_id in connection.execute(
+        _BAND_LOOKUP[postgresql], {"keys": _one_value(wanted, postgresql)}
+    ):
         hits.setdefault(key, []).append(article_id)
     if not hits:
         return found
@@ -882,7 +880,7 @@ def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | N
     stored: dict[int, tuple[int, str]] = {}  # id -> (its representative, its text)
     ids = sorted({c for ranked in candidates for c in ranked})
     for article_id, duplicate_of, body in connection.execute(
-        _CANDIDATE_TEXTS[postgresql], {"ids": ids if postgresql else json.dumps(ids)}
+        _CANDIDATE_TEXTS[postgresql], {"ids": _one_value(ids, postgresql)}
     ):
         stored[article_id] = (duplicate_of or article_id, body)
     shingled: dict[int, frozenset[str] | None] = {}
@@ -972,35 +970,35 @@ def _batch_near_duplicate(
     return None if best is None else best[2]
 
 
-def _band_lookup(postgresql: bool) -> Select[tuple[int, int]]:
-    """The stored articles having any of the band keys bound as ``keys``, given as one value (a
-    feed's articles look up 640 keys: as many bound parameters cost more to render than the
-    indexed lookup itself): an array on PostgreSQL, a JSON list read by json_each on SQLite.
-    Built once: constructing the statement cost as much as running it."""
-    column = ArticleBand.band_key
+def _in_one_value(column: ColumnElement[int], name: str, postgresql: bool) -> ColumnElement[bool]:
+    """``column`` is one of the list bound as the single parameter ``name`` (``_one_value``):
+    an array on PostgreSQL, a JSON list read by json_each on SQLite. A feed's articles look up
+    640 band keys: as many bound parameters cost more to render than the indexed lookup itself."""
     if postgresql:
-        wanted: ColumnElement[bool] = column == any_(bindparam("keys", type_=ARRAY(BigInteger)))
-    else:
-        values = func.json_each(bindparam("keys")).table_valued("value")
-        wanted = column.in_(select(values.c.value))
-    return select(ArticleBand.band_key, ArticleBand.article_id).where(wanted)
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    values = func.json_each(bindparam(name)).table_valued("value")
+    return column.in_(select(values.c.value))
 
 
-_BAND_LOOKUP = {False: _band_lookup(False), True: _band_lookup(True)}
+def _one_value(values: list[int], postgresql: bool) -> object:
+    """The value to bind for ``_in_one_value``."""
+    return values if postgresql else json.dumps(values)
 
 
-def _candidate_texts(postgresql: bool) -> Select[tuple[int, int | None, str]]:
-    """The candidates' texts, their ids bound as one value ``ids`` like ``_band_lookup``'s keys.
-    Built once: constructing it on every lookup was a third of a lookup's CPU."""
-    if postgresql:
-        wanted: ColumnElement[bool] = Article.id == any_(bindparam("ids", type_=ARRAY(Integer)))
-    else:
-        values = func.json_each(bindparam("ids")).table_valued("value")
-        wanted = Article.id.in_(select(values.c.value))
-    return select(Article.id, Article.duplicate_of, Article.text).where(wanted)
-
-
-_CANDIDATE_TEXTS = {False: _candidate_texts(False), True: _candidate_texts(True)}
+# The near-duplicate lookup's two statements, built once per dialect: constructing them on every
+# lookup cost as much CPU as running them.
+_BAND_LOOKUP = {
+    postgresql: select(ArticleBand.band_key, ArticleBand.article_id).where(
+        _in_one_value(ArticleBand.band_key, "keys", postgresql)
+    )
+    for postgresql in (False, True)
+}
+_CANDIDATE_TEXTS = {
+    postgresql: select(Article.id, Article.duplicate_of, Article.text).where(
+        _in_one_value(Article.id, "ids", postgresql)
+    )
+    for postgresql in (False, True)
+}
 
 # The statements a refresh runs for every feed, built once with their values as bound parameters:
 # building a statement (columns coerced, IN lists expanded, its cache key computed) cost a few ms
