@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -284,11 +285,14 @@ def test_the_page_fills_in_the_date_and_author_the_feed_lacks(
     assert by_title["Dated"].author == "Feed Writer"
 
 
+@pytest.mark.parametrize("full_text", [False, True], ids=["feed-text", "full-text"])
 def test_fetched_feeds_waiting_for_a_worker_are_bounded_by_the_concurrency(
-    httpserver: HTTPServer, write_config: ConfigWriter
+    httpserver: HTTPServer, write_config: ConfigWriter, full_text: bool
 ) -> None:
     """Feeds are fetched faster than they are parsed and stored: a fetched body must wait in
-    memory only while fewer than fetch.concurrency others do (10,000 feeds held 600 MB)."""
+    memory only while fewer than fetch.concurrency others do (10,000 feeds held 600 MB). With
+    full text, a feed waits for its pages too: that wait counts, or every feed of a pass is
+    fetched long before its pages and held in memory until they come."""
     import asyncio
     import threading
 
@@ -298,6 +302,7 @@ def test_fetched_feeds_waiting_for_a_worker_are_bounded_by_the_concurrency(
     from aggregator.pipeline import Pipeline
 
     concurrency, feeds = 2, 10
+    items_per_feed = 4 if full_text else 100
     lock = threading.Lock()
     counts = {"served": 0, "done": 0, "peak": 0}
 
@@ -310,7 +315,7 @@ def test_fetched_feeds_waiting_for_a_worker_are_bounded_by_the_concurrency(
                 guid=f"{index}-{n}",
                 description=f"Story {index}-{n}: " + "words of the story " * 60,
             )
-            for n in range(100)
+            for n in range(items_per_feed)
         )
         with lock:
             counts["served"] += 1
@@ -321,8 +326,12 @@ def test_fetched_feeds_waiting_for_a_worker_are_bounded_by_the_concurrency(
 
     for i in range(feeds):
         httpserver.expect_request(f"/bound/{i}").respond_with_handler(respond)
+    paragraphs = "".join(f"<p>Paragraph {n} of the story, told at some length here.</p>" for n in range(8))
+    httpserver.expect_request(re.compile(r"/story/.*")).respond_with_data(
+        STORY_PAGE.format(paragraphs=paragraphs), content_type="text/html"
+    )
     config = write_config(
-        feeds=[{"url": httpserver.url_for(f"/bound/{i}"), "full_text": False} for i in range(feeds)],
+        feeds=[{"url": httpserver.url_for(f"/bound/{i}"), "full_text": full_text} for i in range(feeds)],
         fetch={"concurrency": concurrency, "max_entries": 100},
     )
     settings = load_settings(config, environ={})
@@ -344,7 +353,7 @@ def test_fetched_feeds_waiting_for_a_worker_are_bounded_by_the_concurrency(
             store.close()
 
     outcomes = asyncio.run(go())
-    assert all(o.ok and o.new_articles == 100 for o in outcomes)
+    assert all(o.ok and o.new_articles == items_per_feed for o in outcomes)
     assert counts["served"] == feeds
     # Fetched (served) but not yet stored (done): never more than the concurrency.
     assert 1 <= counts["peak"] <= concurrency
