@@ -20,8 +20,8 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from itertools import accumulate
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -177,20 +177,33 @@ def _hashing() -> SimpleNamespace:
     )
 
 
-@dataclass(frozen=True, slots=True)
 class TextProfile:
-    """A text as near-duplicate detection sees it: its shingles and its band keys."""
+    """A text as near-duplicate detection sees it: its band keys, and its shingles for the check.
 
-    shingles: frozenset[str]
-    band_keys: tuple[int, ...]
+    The shingles (a set of strings) are made on first use: most texts meet no candidate, and
+    making the set was a third of a profile's CPU.
+    """
+
+    __slots__ = ("_shingles", "band_keys", "words")
+
+    def __init__(self, words: tuple[str, ...], band_keys: tuple[int, ...]) -> None:
+        self.words = words
+        self.band_keys = band_keys
+        self._shingles: frozenset[str] | None = None
+
+    @property
+    def shingles(self) -> frozenset[str]:
+        if self._shingles is None:
+            self._shingles = shingles(self.words)
+        return self._shingles
 
 
 def text_profile(text: str) -> TextProfile | None:
-    """Return the shingles and band keys of ``text``, or None when it is too short to trust."""
-    grams = text_shingles(text)
-    if grams is None:
+    """Return the band keys (and shingles) of ``text``, or None when it is too short to trust."""
+    words = normalise_words(text)
+    if len(words) < MIN_WORDS_FOR_TEXT_MATCH:
         return None
-    return TextProfile(grams, band_keys(minhash(grams)))
+    return TextProfile(words, band_keys(_signature(_shingle_codes(words))))
 
 
 def text_shingles(text: str) -> frozenset[str] | None:
@@ -211,22 +224,43 @@ def shingles(words: Sequence[str], size: int = SHINGLE_WORDS) -> frozenset[str]:
 def minhash(grams: Iterable[str]) -> tuple[int, ...]:
     """Return the MinHash signature of a non-empty set of shingles: PERMUTATIONS 32-bit minima.
 
-    Each shingle is hashed once (CRC-32, then SplitMix64's finaliser with a fixed salt: the same
-    in every process, run and machine, unlike the salted hash()); the PERMUTATIONS hash
-    functions are derived from that by multiply-shift, all at once in numpy. CRC-32 is the one
-    hash in the standard library cheap enough to call per shingle (a fifth of BLAKE2b's cost);
-    two shingles of the texts compared share a CRC by chance with odds of about 1 in 50,000
-    for 300-shingle texts, which moves no estimate. Raises ValueError for an empty set.
+    Each shingle is hashed once (CRC-32 of its UTF-8, then SplitMix64's finaliser with a fixed
+    salt: the same in every process, run and machine, unlike the salted hash()); the
+    PERMUTATIONS hash functions are derived from that by multiply-shift, all at once in numpy.
+    CRC-32 is the one hash in the standard library cheap enough to call per shingle (a fifth of
+    BLAKE2b's cost); two shingles of the texts compared share a CRC by chance with odds of about
+    1 in 50,000 for 300-shingle texts, which moves no estimate. Raises ValueError for an empty set.
     """
     grams = list(grams)
     if not grams:
         raise ValueError("minhash of an empty set")
-    h = _hashing()
-    np = h.np
     # Shingles are words and spaces: NUL separates them in one encoding, one split.
     encoded = "\x00".join(grams).encode("utf-8", "surrogatepass").split(b"\x00")
-    codes = np.fromiter(map(zlib.crc32, encoded), dtype=np.uint64, count=len(encoded))
-    hashes = _mix(codes ^ h.shingle_salt)
+    return _signature(list(map(zlib.crc32, encoded)))
+
+
+def _shingle_codes(words: Sequence[str], size: int = SHINGLE_WORDS) -> list[int]:
+    """Return the CRC-32 that ``minhash`` takes of each of the ``size``-word shingles of
+    ``words`` (repeats included, which change no minimum), from one encoding of the text: each
+    shingle is a slice of the words joined by spaces, so no string is made per shingle."""
+    if len(words) <= size:
+        return [zlib.crc32(" ".join(words).encode("utf-8", "surrogatepass"))]
+    joined = " ".join(words)
+    data = memoryview(joined.encode("utf-8", "surrogatepass"))
+    if len(data) == len(joined):  # ASCII: a character is a byte
+        lengths: Iterable[int] = map(len, words)
+    else:
+        lengths = (len(word.encode("utf-8", "surrogatepass")) for word in words)
+    # starts[i]: where word i begins, as if a space followed every word (the last included).
+    starts = [0, *accumulate(length + 1 for length in lengths)]
+    return [zlib.crc32(data[starts[i] : starts[i + size] - 1]) for i in range(len(words) - size + 1)]
+
+
+def _signature(codes: Sequence[int]) -> tuple[int, ...]:
+    """The MinHash signature of the shingles whose CRC-32 are ``codes`` (see ``minhash``)."""
+    h = _hashing()
+    np = h.np
+    hashes = _mix(np.fromiter(codes, dtype=np.uint64, count=len(codes)) ^ h.shingle_salt)
     minima = np.full(PERMUTATIONS, h.uint64_max, dtype=np.uint64)
     for start in range(0, len(hashes), _CHUNK):
         values = hashes[start : start + _CHUNK, None] * h.a

@@ -105,6 +105,28 @@ def test_signature_is_a_fixed_hash_family() -> None:
     assert keys[0] == 3_315_668_690_855_458_592
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain ascii words of a story told again " * 12,
+        "Ünïcödé wörds — naïve café, straße and ﬁne ligatures " * 10,
+        "日本語 の テキスト と 混ざった English words " * 12,
+        "emoji 😀 between words 🎉 and more words here " * 12,
+        "repeat repeat repeat repeat repeat repeat " * 20,
+    ],
+    ids=["ascii", "accents", "cjk", "emoji", "repeats"],
+)
+def test_profile_band_keys_are_the_signature_of_its_shingles(text: str) -> None:
+    # text_profile hashes slices of one encoding instead of making each shingle's string: the
+    # keys must be exactly those of minhash over the shingle set, or every stored key is orphaned.
+    profile = text_profile(text)
+    assert profile is not None
+    grams = text_shingles(text)
+    assert grams is not None
+    assert profile.band_keys == band_keys(minhash(grams))
+    assert profile.shingles == grams
+
+
 def test_profiles_agree_across_processes_with_other_hash_seeds() -> None:
     text = doc("haftar-wire")
     script = "import sys; from aggregator import dedup; print(dedup.text_profile(sys.stdin.read()).band_keys)"
