@@ -243,10 +243,10 @@ def _shingle_codes(words: Sequence[str], size: int = SHINGLE_WORDS) -> list[int]
     """Return the CRC-32 that ``minhash`` takes of each of the ``size``-word shingles of
     ``words`` (repeats included, which change no minimum), from one encoding of the text: each
     shingle is a slice of the words joined by spaces, so no string is made per shingle."""
-    if len(words) <= size:
-        return [zlib.crc32(" ".join(words).encode("utf-8", "surrogatepass"))]
     joined = " ".join(words)
     data = memoryview(joined.encode("utf-8", "surrogatepass"))
+    if len(words) <= size:  # a shorter text is one shingle (``shingles``)
+        return [zlib.crc32(data)]
     if len(data) == len(joined):  # ASCII: a character is a byte
         lengths: Iterable[int] = map(len, words)
     else:
