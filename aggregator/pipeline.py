@@ -18,6 +18,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from aggregator import metrics
 from aggregator.config import FeedConfig, Settings
@@ -218,9 +219,20 @@ class Pipeline:
     ) -> tuple[ExtractedPage | None, str]:
         """Fetch a page and extract it, at most ``fetch.concurrency`` pages at once from fetch
         to extraction: pages are fetched faster than they are extracted, and without a bound
-        every fetched body of a large pass waited in memory for a worker (4,000 pages: 570 MB)."""
-        async with self._slots("pages"):
+        every fetched body of a large pass waited in memory for a worker (4,000 pages: 570 MB).
+
+        One host's pages hold at most twice ``fetch.per_host`` of those places (as many being
+        fetched, as many waiting for a worker): the places were taken before the fetcher's host
+        limit, so the pages of one slow site, queued for its host, held them all and the other
+        sites' pages waited behind it."""
+        async with self._host_pages(url), self._slots("pages"):
             return await self._fetch_and_extract_now(url, selector, feed_has)
+
+    def _host_pages(self, url: str) -> asyncio.Semaphore:
+        key = "host-pages:" + (urlsplit(url).hostname or "")
+        if key not in self._bounds:
+            self._bounds[key] = asyncio.Semaphore(2 * self.settings.fetch.per_host)
+        return self._bounds[key]
 
     async def _fetch_and_extract_now(
         self, url: str, selector: str | None, feed_has: tuple[str, ...]

@@ -357,3 +357,71 @@ def test_fetched_feeds_waiting_for_a_worker_are_bounded_by_the_concurrency(
     assert counts["served"] == feeds
     # Fetched (served) but not yet stored (done): never more than the concurrency.
     assert 1 <= counts["peak"] <= concurrency
+
+
+def test_a_slow_sites_pages_do_not_hold_up_another_sites(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    """Pages wait for fetch.concurrency places from their fetch to their extraction. Pages of one
+    slow site, queued for its host limit, must not hold all the places while another site's
+    pages wait: two host names (our resolver maps both to 127.0.0.1), one serving slow pages."""
+    import threading
+    import time as clock
+
+    from werkzeug import Request, Response
+
+    port = httpserver.port
+    started = clock.monotonic()
+    lock = threading.Lock()
+    served: dict[str, list[float]] = {"slow": [], "fast": []}
+
+    def feed(site: str, items: int) -> str:
+        return RSS.format(
+            title=f"The {site} site",
+            base="",
+            items="".join(
+                ITEM.format(
+                    title=f"{site} story {n}",
+                    link=f"http://{site}.example.test:{port}/{site}-page/{n}",
+                    guid=f"{site}-{n}",
+                    description=f"{site} story {n}, the feed's short text.",
+                )
+                for n in range(items)
+            ),
+        )
+
+    def slow_feed(request: Request) -> Response:
+        return Response(feed("slow", 8), content_type="application/rss+xml")
+
+    def fast_feed(request: Request) -> Response:
+        clock.sleep(0.3)  # the slow site's pages are queued first
+        return Response(feed("fast", 2), content_type="application/rss+xml")
+
+    def page(site: str, delay: float):  # type: ignore[no-untyped-def]
+        def respond(request: Request) -> Response:
+            clock.sleep(delay)
+            with lock:
+                served[site].append(clock.monotonic() - started)
+            return Response(STORY_PAGE, content_type="text/html")
+
+        return respond
+
+    httpserver.expect_request("/slow-feed").respond_with_handler(slow_feed)
+    httpserver.expect_request("/fast-feed").respond_with_handler(fast_feed)
+    httpserver.expect_request(re.compile(r"/slow-page/.*")).respond_with_handler(page("slow", 0.6))
+    httpserver.expect_request(re.compile(r"/fast-page/.*")).respond_with_handler(page("fast", 0.0))
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    feeds = [
+        {"url": f"http://slow.example.test:{port}/slow-feed"},
+        {"url": f"http://fast.example.test:{port}/fast-feed"},
+    ]
+    settings = load_settings(write_config(feeds=feeds, fetch={"concurrency": 4, "per_host": 1}), environ={})
+    outcomes = refresh(settings, resolver=resolver)
+    assert all(o.ok for o in outcomes)
+    assert len(served["slow"]) == 8 and len(served["fast"]) == 2
+    # The slow site's eight pages take 8 × 0.6 s one at a time; the fast site's come at once
+    # (behind the slow site's queue, they came after its sixth page, some 3 s in).
+    assert max(served["fast"]) < 1.5 < 4.0 < max(served["slow"])
