@@ -135,6 +135,27 @@ class ArticleBand(Base):
     )
 
 
+class StagedBand(Base):
+    """A band key of a recent article, not yet merged into ``article_bands``.
+
+    While the article ids are below ``store.STAGE_BELOW``, new keys go here, into a small table,
+    and are merged into ``article_bands`` in key order every ``store.MERGE_EVERY`` articles.
+    Random keys inserted one feed at a time into the big index each touched a page of it: a
+    20-article feed's commit wrote some 600 pages of SQLite's log, while a small index's pages
+    are few and a sorted merge of many feeds' keys writes each page of the big one once (which
+    saves writes only while that index has fewer pages than a merge has keys: hence the limit).
+    Lookups read both tables. No foreign key (its check would scan
+    this table for every article deleted): a row whose article is gone is dropped at the merge,
+    and retention merges before it deletes.
+    """
+
+    __tablename__ = "article_bands_staged"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    band_key: Mapped[int] = mapped_column(BigInteger, index=True)
+    article_id: Mapped[int] = mapped_column(BigInteger)
+
+
 class DigestRun(Base):
     """One digest email: created with its items before sending, marked sent after."""
 

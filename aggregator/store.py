@@ -27,6 +27,7 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    insert,
     or_,
     select,
     text,
@@ -47,12 +48,20 @@ from aggregator.dedup import (
 )
 from aggregator.errors import StorageError
 from aggregator.models import FeedStatus, NewArticle, StoredArticle
-from aggregator.schema import Article, ArticleBand, DigestItem, DigestRun, Feed
+from aggregator.schema import Article, ArticleBand, DigestItem, DigestRun, Feed, StagedBand
 
 T = TypeVar("T")
 # Near-duplicate candidates verified per new article at most: those sharing the most band keys.
 # It bounds the work when a band key is common (a story carried by many outlets, boilerplate).
 MAX_CANDIDATES = 8
+# Staged band keys are merged into the band index when the article ids cross a multiple of this
+# (about 16,000 staged rows): see schema.StagedBand.
+MERGE_EVERY = 512
+# Keys are staged only while the article ids are below this; then they go straight into the band
+# index. A sorted merge writes fewer pages than random inserts only while the index is small:
+# full passes were 15-22 % faster with staging at 20,000 and 100,000 articles stored, 19 % slower
+# at 200,000 (docs/PERFORMANCE.md, "Tried on 2026-12-02").
+STAGE_BELOW = 100_000
 # Any constant shared by all processes (database.py's migration lock is another).
 _INSERT_LOCK = 7_262_042
 
@@ -491,13 +500,20 @@ class Store:
             for position, profile in banded.items()
             for band_key in dict.fromkeys(profile.band_keys)
         ]
+        staging = ids[-1] < STAGE_BELOW
         if bands:
             # 32 rows an article: handed to the driver's executemany as they are, since
             # SQLAlchemy's per-row parameter processing cost more than SQLite's inserts.
             marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+            table = "article_bands_staged" if staging else "article_bands"
             connection.exec_driver_sql(
-                f"INSERT INTO article_bands (band_key, article_id) VALUES ({marker}, {marker})", bands
+                f"INSERT INTO {table} (band_key, article_id) VALUES ({marker}, {marker})", bands
             )
+        # Merged when an id of the batch is a multiple of MERGE_EVERY, and once more when the
+        # ids reach STAGE_BELOW (what was staged before goes into the index then).
+        reached_limit = not staging and ids[0] - 1 < STAGE_BELOW
+        if reached_limit or (ids[0] - 1) // MERGE_EVERY != ids[-1] // MERGE_EVERY:
+            _merge_staged_bands(session)
         return len(values), duplicates
 
     @contextmanager
@@ -750,6 +766,7 @@ class Store:
             )
         )
         with self._writing() as session:
+            _merge_staged_bands(session)  # so that the cascade below reaches every band key
             ids = list(session.scalars(doomed))
             for numbers in _chunks(ids):
                 # The database cascades to digest items and band keys; copies of a deleted
@@ -903,6 +920,13 @@ def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | N
     return found
 
 
+def _merge_staged_bands(session: Session) -> None:
+    """Move the staged band keys into the band index, in key order (see schema.StagedBand)."""
+    connection = session.connection()
+    connection.execute(_MERGE_STAGED)
+    connection.execute(delete(StagedBand))
+
+
 def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime) -> None:
     """Make the earliest published copy (``dedup.lead_order``) the representative of each story
     that this feed's copies stored at ``now`` joined: a copy published earlier than the first
@@ -988,11 +1012,23 @@ def _one_value(values: list[int], postgresql: bool) -> object:
 # The near-duplicate lookup's two statements, built once per dialect: constructing them on every
 # lookup cost as much CPU as running them.
 _BAND_LOOKUP = {
-    postgresql: select(ArticleBand.band_key, ArticleBand.article_id).where(
-        _in_one_value(ArticleBand.band_key, "keys", postgresql)
+    postgresql: select(ArticleBand.band_key, ArticleBand.article_id)
+    .where(_in_one_value(ArticleBand.band_key, "keys", postgresql))
+    .union_all(
+        select(StagedBand.band_key, StagedBand.article_id).where(
+            _in_one_value(StagedBand.band_key, "keys", postgresql)
+        )
     )
     for postgresql in (False, True)
 }
+# In key order, so that each page of the index is written once; rows of deleted articles are
+# left behind (StagedBand has no foreign key).
+_MERGE_STAGED = insert(ArticleBand).from_select(
+    ["band_key", "article_id"],
+    select(StagedBand.band_key, StagedBand.article_id)
+    .join(Article, Article.id == StagedBand.article_id)
+    .order_by(StagedBand.band_key, StagedBand.article_id),
+)
 _CANDIDATE_TEXTS = {
     postgresql: select(Article.id, Article.duplicate_of, Article.text).where(
         _in_one_value(Article.id, "ids", postgresql)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from aggregator.config import DigestSettings, FeedConfig
 from aggregator.database import create_db_engine, migrate
@@ -16,7 +16,7 @@ from aggregator.dedup import BANDS, url_key
 from aggregator.digest import build_digest
 from aggregator.errors import StorageError
 from aggregator.models import NewArticle
-from aggregator.schema import ArticleBand, Base
+from aggregator.schema import ArticleBand, Base, StagedBand
 from aggregator.store import FetchRecord, Seen, Store
 
 from .conftest import free_port
@@ -188,8 +188,12 @@ def by_key(store: Store) -> dict[str, int | None]:
 
 
 def band_rows(store: Store) -> int:
+    """Band keys stored: in the index and staged for it (schema.StagedBand)."""
     with store.engine.connect() as connection:
-        return int(connection.execute(select(func.count()).select_from(ArticleBand)).scalar_one())
+        return sum(
+            int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+            for table in (ArticleBand, StagedBand)
+        )
 
 
 def test_near_duplicate_in_another_feed_points_at_the_first_copy(database_url: str) -> None:
@@ -264,6 +268,75 @@ def test_band_keys_are_kept_for_each_text_but_not_for_exact_copies(store: Store)
     assert band_rows(store) == 2 * BANDS
     seen = by_key(store)
     assert seen["a2"] == seen["b1"] == seen["b2"] == seen["a1#id"]
+
+
+def staged_and_merged(store: Store) -> tuple[int, int]:
+    with store.engine.connect() as connection:
+        return tuple(  # type: ignore[return-value]
+            int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+            for table in (StagedBand, ArticleBand)
+        )
+
+
+def test_staged_band_keys_are_merged_and_found_in_both_tables(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aggregator.store
+
+    # A merge each time the article ids cross a multiple of 4.
+    monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 4)
+    store_batch(store, FEED_A, [copy("a1", "haftar-wire", FEED_A), copy("a2", "fire-wire", FEED_A)])
+    assert staged_and_merged(store) == (2 * BANDS, 0)  # ids 1 and 2: staged only
+    store_batch(store, FEED_A, [copy("a3", "flood-wire", FEED_A), copy("a4", "mine-wire", FEED_A)])
+    assert staged_and_merged(store) == (0, 4 * BANDS)  # id 4 crossed: all merged, in order
+    store_batch(store, FEED_A, [copy("a5", "summit-wire", FEED_A)])
+    assert staged_and_merged(store) == (BANDS, 4 * BANDS)
+    # Copies of a merged story and of a staged one are both found.
+    store_batch(store, FEED_B, [copy("b1", "haftar-herald", FEED_B), copy("b2", "summit-metro", FEED_B)])
+    seen = by_key(store)
+    assert seen["b1"] == seen["a1#id"] and seen["b2"] == seen["a5#id"]
+
+
+def test_band_keys_go_straight_into_the_index_once_the_store_is_large(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aggregator.store
+
+    monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 1000)
+    monkeypatch.setattr(aggregator.store, "STAGE_BELOW", 3)  # "large" from article id 3 on
+    store_batch(store, FEED_A, [copy("a1", "haftar-wire", FEED_A), copy("a2", "fire-wire", FEED_A)])
+    assert staged_and_merged(store) == (2 * BANDS, 0)
+    # Ids 3 and 4 reach the limit: their keys go into the index, and the staged ones follow.
+    store_batch(store, FEED_A, [copy("a3", "flood-wire", FEED_A), copy("a4", "mine-wire", FEED_A)])
+    assert staged_and_merged(store) == (0, 4 * BANDS)
+    store_batch(store, FEED_A, [copy("a5", "summit-wire", FEED_A)])
+    assert staged_and_merged(store) == (0, 5 * BANDS)
+    store_batch(store, FEED_B, [copy("b1", "haftar-herald", FEED_B), copy("b2", "summit-metro", FEED_B)])
+    seen = by_key(store)
+    assert seen["b1"] == seen["a1#id"] and seen["b2"] == seen["a5#id"]
+
+
+def test_staged_keys_of_deleted_articles_are_dropped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aggregator.store
+
+    monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 3)
+    old = NOW - timedelta(days=100)
+    body = story("haftar-wire")
+    gone = NewArticle(FEED_A, "old", "https://a.example/old", "old", None, old, "", body, "", "page", "h1")
+    store.store_refresh(FEED_A, [gone], FetchRecord(200, None, None, "F", None, old, old))
+    run = store.begin_digest_run("daily", "daily:r", "<m@x>", [a.id for a in store.list_articles()], NOW)
+    store.finish_digest_run(run, NOW)
+    assert staged_and_merged(store) == (BANDS, 0)
+    # Retention merges first, so the database's cascade deletes the merged keys with the article.
+    assert store.delete_old_articles(NOW - timedelta(days=90), ["daily"]) == 1
+    assert staged_and_merged(store) == (0, 0)
+    # A staged row whose article is gone (written by hand here) is dropped at the next merge.
+    with store.engine.begin() as connection:
+        connection.execute(insert(StagedBand).values(band_key=1, article_id=999))
+    batch = [copy(f"b{n}", name, FEED_B) for n, name in enumerate(("fire-wire", "flood-wire", "mine-wire"))]
+    store_batch(store, FEED_B, batch)  # three new ids: one is a multiple of 3
+    assert staged_and_merged(store) == (0, 3 * BANDS)
+    assert store_batch(store, FEED_C, [copy("c1", "haftar-herald", FEED_C)]) == (1, 0)
 
 
 def test_a_story_carried_by_many_feeds_is_found_past_the_candidate_limit(store: Store) -> None:
