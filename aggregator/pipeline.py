@@ -50,6 +50,7 @@ class Pipeline:
     _executor: Executor | None = field(default=None, init=False)
     _unchanged: list[NotModified] = field(default_factory=list, init=False)
     _bounds: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False)
+    _host_bounds: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -229,10 +230,10 @@ class Pipeline:
             return await self._fetch_and_extract_now(url, selector, feed_has)
 
     def _host_pages(self, url: str) -> asyncio.Semaphore:
-        key = "host-pages:" + (urlsplit(url).hostname or "")
-        if key not in self._bounds:
-            self._bounds[key] = asyncio.Semaphore(2 * self.settings.fetch.per_host)
-        return self._bounds[key]
+        host = urlsplit(url).hostname or ""
+        if host not in self._host_bounds:
+            self._host_bounds[host] = asyncio.Semaphore(2 * self.settings.fetch.per_host)
+        return self._host_bounds[host]
 
     async def _fetch_and_extract_now(
         self, url: str, selector: str | None, feed_has: tuple[str, ...]

@@ -144,9 +144,9 @@ class StagedBand(Base):
     20-article feed's commit wrote some 600 pages of SQLite's log, while a small index's pages
     are few and a sorted merge of many feeds' keys writes each page of the big one once (which
     saves writes only while that index has fewer pages than a merge has keys: hence the limit).
-    Lookups read both tables. No foreign key (its check would scan
-    this table for every article deleted): a row whose article is gone is dropped at the merge,
-    and retention merges before it deletes.
+    Lookups read both tables. No foreign key (its check would scan this table for every article
+    deleted): a row whose article is gone is dropped at the merge, and retention merges before
+    it deletes.
     """
 
     __tablename__ = "article_bands_staged"

@@ -60,7 +60,7 @@ MERGE_EVERY = 512
 # Keys are staged only while the article ids are below this; then they go straight into the band
 # index. A sorted merge writes fewer pages than random inserts only while the index is small:
 # full passes were 15-22 % faster with staging at 20,000 and 100,000 articles stored, 19 % slower
-# at 200,000 (docs/PERFORMANCE.md, "Tried on 2026-12-02").
+# at 200,000 (docs/PERFORMANCE.md, "Band keys staged while the store is small").
 STAGE_BELOW = 100_000
 # Any constant shared by all processes (database.py's migration lock is another).
 _INSERT_LOCK = 7_262_042
