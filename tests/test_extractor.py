@@ -187,7 +187,7 @@ def test_a_precision_pass_that_kept_only_a_footer_gives_way_to_the_balanced_pass
     url = json.loads((folder / "ground-truth.json").read_text())[page_id]["url"]
     tree = trafilatura.load_html(html)
     _join_split_bodies(tree)  # as extract_page does before its passes
-    precise = _extract_body(tree, url, precision=True)
+    precise = _extract_body(tree, url, precision=True, fast=False)
     assert precise is not None and len((precise.text or "").split()) < _ENOUGH_WORDS
     result = extract_page(html, url)
     assert result is not None and len(result.text.split()) > 300
@@ -220,3 +220,25 @@ def test_pages_are_parsed_into_the_trees_trafilatura_makes() -> None:
             # What the parser changes: one element class, chosen in C (see extractor._PARSER).
             assert {type(e) for e in ours.iter() if isinstance(e.tag, str)} == {lxml.html.HtmlElement}
     assert len(bodies) >= 8  # the fixtures and broken inputs, with or without ../shared
+
+
+@pytest.mark.skipif(not _dev_pages(), reason="../shared/data/extraction/dev is absent")
+def test_trafilaturas_whole_cascade_runs_when_its_rules_alone_keep_nothing() -> None:
+    """On this page the rules alone (``fast``) keep nothing; the balanced pass would then keep
+    the whole page (1,200 words), while the cascade's comparison with readability finds the
+    short article (about 100 words; the ground truth has about 80)."""
+    import trafilatura
+
+    from aggregator.extractor import _extract_body, _join_split_bodies
+
+    folder = SHARED / "data/extraction/dev"
+    page_id = "f6ac15a4d98511396da23e4428deb5605422b1c8bbc8284e771f6896bdccf57f"
+    html = (folder / "html" / f"{page_id}.html").read_text()
+    url = json.loads((folder / "ground-truth.json").read_text())[page_id]["url"]
+    tree = trafilatura.load_html(html)
+    _join_split_bodies(tree)
+    assert _extract_body(tree, url, precision=True, fast=True) is None
+    balanced = _extract_body(tree, url, precision=False, fast=True)
+    assert balanced is not None and len((balanced.text or "").split()) > 600
+    result = extract_page(html, url)
+    assert result is not None and 40 < len(result.text.split()) < 300
