@@ -175,6 +175,69 @@ def test_page_metadata_matches_trafilaturas_on_every_field_we_read() -> None:
     )
 
 
+# Every branch of trafilatura's byline expressions, matched and nearly matched.
+_BYLINE_PAGE = """<html class="writer-root"><head><link rel="author" href="/me"></head><body>
+<div id="comments"><span class="author">In the comments</span></div>
+<div class="Comments-box"><span class="author-name">Also in the comments</span></div>
+<section class="article-share"><a rel="author">Shared</a></section>
+<span data-component="FigureCaption"><span class="byline">Caption credit</span></span>
+<p class="authorName">Ann Example</p><p class="authorname">x</p><p class="Author-name">Bo</p>
+<strong id="author">Cy Example</strong><address itemprop="author name">Di Example</address>
+<span><rel>me</rel>Ed Example</span><span><rel>not me</rel>Fay</span>
+<div data-testid="AuthorCard">Gil Example</div><a data-testid="AuthorURL">Hal</a>
+<author>Ida Example</author><h3 class="byline">Jo Example</h3><h4 class="BBL">Kim</h4>
+<h2 class="byline">Lou (an h2: only the last expression)</h2><div class="username">Mo</div>
+<span itemprop="creator author">Ned Example</span><span id="xiaobian-box">Ola</span>
+<span class="posted-by">Pat Example</span><em class="screenname">Quin</em><b id="Author">Ray</b>
+<i data-component="Byline">Sue Example</i><time class="author">Tia</time>
+<figure><span class="author">Ulf in a figure</span></figure>
+<div class="print-only"><span class="author">Vic</span></div><div class="title">t</div>
+<div id="comments-area"><a class="author">Zed</a></div><div id="ProductReviews-1">r</div>
+<div class="quote"><span class="journalist-name">Wes</span></div>
+<span class="meta-date author">Xan</span><div id="commentlist"><p class="byline">Yul</p></div>
+</body></html>"""
+
+
+def test_the_byline_search_selects_what_trafilaturas_expressions_select() -> None:
+    import lxml.html
+    import trafilatura
+    from trafilatura.metadata import extract_author
+    from trafilatura.xpaths import AUTHOR_DISCARD_XPATHS, AUTHOR_XPATHS
+
+    from aggregator.page_meta import BYLINE_SEARCHES, _not_byline, search_byline
+
+    bodies = [_BYLINE_PAGE, *(page(name) for name in ("gazette-haftar", "wire-haftar", "images"))]
+    bodies += [html for html, _url in _dev_pages()]
+    matched = 0
+    for html in bodies:
+        tree = trafilatura.load_html(html)
+        for ours, theirs in zip(BYLINE_SEARCHES, AUTHOR_XPATHS, strict=True):
+            assert ours(tree) == theirs(tree)
+            matched += len(theirs(tree))
+        assert _not_byline(tree) == AUTHOR_DISCARD_XPATHS[0](tree)
+        assert search_byline(tree) == extract_author(tree)
+    assert matched > 100  # the comparison saw elements, not only empty lists
+    # On the synthetic page each expression picks its own first element.
+    tree = lxml.html.fromstring(_BYLINE_PAGE)
+    first = [search(tree)[0] for search in BYLINE_SEARCHES]
+    assert [element.tag for element in first[:2]] == ["link", "span"]  # <link rel=author>, .author
+    assert first[2] is tree  # //* includes the root element
+    assert search_byline(tree) == extract_author(tree) == "Ann Example"
+
+
+def test_trafilaturas_byline_expressions_are_the_ones_page_meta_translated() -> None:
+    """page_meta.search_byline rewrites these expressions; when trafilatura changes them, this
+    fails, and the translation must be made again (then the hash updated)."""
+    import hashlib
+
+    from trafilatura.xpaths import AUTHOR_DISCARD_XPATHS, AUTHOR_XPATHS
+
+    from aggregator.page_meta import BYLINE_XPATHS_SHA256
+
+    sources = [" ".join(x.path.split()) for x in [*AUTHOR_XPATHS, AUTHOR_DISCARD_XPATHS[0]]]
+    assert hashlib.sha256("\n".join(sources).encode()).hexdigest() == BYLINE_XPATHS_SHA256
+
+
 @pytest.mark.skipif(not _dev_pages(), reason="../shared/data/extraction/dev is absent")
 def test_a_precision_pass_that_kept_only_a_footer_gives_way_to_the_balanced_pass() -> None:
     import trafilatura
