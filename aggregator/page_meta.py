@@ -4,7 +4,7 @@
 never reads and which take about a third of its time on real news pages (the categories and tags
 walk every link of the page twice). :func:`page_metadata` runs the rest of its steps, in its order,
 with its own functions, except the search of the page for a byline, which runs trafilatura's
-steps with its XPath expressions written as Python tests (:func:`search_byline`, twice as fast).
+steps with its XPath expressions written as Python tests (:func:`search_byline`, a third of the time).
 ``tests/test_extractor.py`` checks that every field we read comes out the same as
 ``extract_metadata``'s, so a trafilatura release that changes those steps fails the suite rather
 than quietly changing what is stored.
@@ -91,10 +91,11 @@ def search_byline(tree: lxml.html.HtmlElement) -> str | None:
     The same steps, with trafilatura's XPath expressions (``AUTHOR_XPATHS`` and the first of
     ``AUTHOR_DISCARD_XPATHS``) written as tests of each element's attributes in one walk of the
     tree: libxml2 evaluates each predicate of an expression for every element, 2–3 ms an
-    expression on a news page, and the search runs up to four of them (8 ms a page on the dev
-    pages, more than the rest of the metadata). ``tests/test_extractor.py`` checks, on every dev
-    page, that each test selects the elements its expression selects, and that trafilatura's
-    expressions are still the ones translated here (``BYLINE_XPATHS_SHA256``).
+    expression on a news page, and the search runs up to four of them: 9 ms a search on the dev
+    pages, more than the rest of the metadata; 3 ms this way. ``tests/test_extractor.py``
+    checks, on every dev page and on a page holding every branch, that each test selects the
+    elements its expression selects, and that trafilatura's expressions are still the ones
+    translated here (``BYLINE_XPATHS_SHA256``).
     """
     subtree = prune_unwanted_nodes(deepcopy(tree), [_not_byline, AUTHOR_DISCARD_XPATHS[1]])
     author = _meta.extract_metainfo(subtree, list(BYLINE_SEARCHES), len_limit=120)
@@ -122,12 +123,15 @@ _GENERIC_TAGS = frozenset({"a", "div", "h3", "h4", "p", "span"})
 _DISCARD_TAGS = frozenset({"a", "div", "section", "span"})
 
 
-def _walk(test: Callable[[lxml.html.HtmlElement], bool], *, root: bool = True) -> Elements:
-    """The elements of a tree that pass ``test``, in document order: ``//*[test]``, or
-    ``.//*[test]`` from the root element without ``root``."""
+def _walk(
+    test: Callable[[lxml.html.HtmlElement], bool], tags: frozenset[str] = frozenset(), *, root: bool = True
+) -> Elements:
+    """The elements of a tree with one of ``tags`` (any, if none) that pass ``test``, in document
+    order: ``//*[test]``, or ``.//*[test]`` from the root element without ``root``."""
+    names = sorted(tags) or [etree.Element]  # iter() filters tags in C
 
     def select(tree: lxml.html.HtmlElement) -> list[lxml.html.HtmlElement]:
-        found = [element for element in tree.iter(etree.Element) if test(element)]
+        found = [element for element in tree.iter(*names) if test(element)]
         if not root and found and found[0] is tree:
             found.pop(0)
         return found
@@ -135,62 +139,71 @@ def _walk(test: Callable[[lxml.html.HtmlElement], bool], *, root: bool = True) -
     return select
 
 
-def _attribute(element: lxml.html.HtmlElement, name: str) -> str:
-    # An absent attribute is an empty string to re:test() and contains().
-    return element.get(name) or ""
+# An absent attribute is an empty string to re:test() and contains(), which none of these match.
 
 
 def _specific(element: lxml.html.HtmlElement) -> bool:
-    if element.tag == "author":
-        return True
-    if element.tag not in _SPECIFIC_TAGS:
-        return False
     get = element.get
+    css = get("class")
     return (
         get("rel") == "author"
         or get("id") == "author"
-        or get("class") == "author"
+        or css == "author"
         or get("itemprop") == "author name"
-        # rel='me': a child element <rel> whose text is "me"
-        or any(child.tag == "rel" and child.xpath("string()") == "me" for child in element)
         or get("data-testid") in ("AuthorCard", "AuthorURL")
-        or _BYLINE_CLASS.search(_attribute(element, "class")) is not None
+        or (css is not None and _BYLINE_CLASS.search(css) is not None)
     )
 
 
+def _specific_or_author(tree: lxml.html.HtmlElement) -> list[lxml.html.HtmlElement]:
+    """``//*[tags][tests or rel='me']|//author``: ``rel='me'`` is a child element <rel> whose
+    text is "me", looked for once rather than among every element's children."""
+    rel_me = {rel.getparent() for rel in tree.iter("rel") if rel.xpath("string()") == "me"}
+    return [
+        element
+        for element in tree.iter(*_SPECIFIC_TAGS, "author")
+        if element.tag == "author" or _specific(element) or element in rel_me
+    ]
+
+
 def _generic(element: lxml.html.HtmlElement) -> bool:
-    if element.tag not in _GENERIC_TAGS:
-        return False
+    get = element.get
+    css, key, prop = get("class"), get("id"), get("itemprop")
     return (
-        element.get("class") in ("byline", "username", "byl", "BBL")
-        or "author" in _attribute(element, "itemprop")
-        or _AUTHORISH_ID.search(_attribute(element, "id")) is not None
-        or _AUTHORISH_CLASS.search(_attribute(element, "class")) is not None
+        css in ("byline", "username", "byl", "BBL")
+        or (prop is not None and "author" in prop)
+        or (key is not None and _AUTHORISH_ID.search(key) is not None)
+        or (css is not None and _AUTHORISH_CLASS.search(css) is not None)
     )
 
 
 def _last_resort(element: lxml.html.HtmlElement) -> bool:
+    get = element.get
+    component, prop, key, css = get("data-component"), get("itemprop"), get("id"), get("class")
     return (
-        "Byline" in _attribute(element, "data-component")
-        or "author" in _attribute(element, "itemprop")
-        or _ANY_AUTHOR_ID.search(_attribute(element, "id")) is not None
-        or _ANY_AUTHOR_CLASS.search(_attribute(element, "class")) is not None
+        (component is not None and "Byline" in component)
+        or (prop is not None and "author" in prop)
+        or (key is not None and _ANY_AUTHOR_ID.search(key) is not None)
+        or (css is not None and _ANY_AUTHOR_CLASS.search(css) is not None)
     )
 
 
 def _discarded(element: lxml.html.HtmlElement) -> bool:
-    if element.tag not in _DISCARD_TAGS:
-        return False
     get = element.get
+    key, css, component = get("id"), get("class"), get("data-component")
     return (
-        get("id") == "comments"
-        or get("class") in ("comments", "title", "date")
-        or _NOT_BYLINE_ID.search(_attribute(element, "id")) is not None
-        or _NOT_BYLINE_CLASS.search(_attribute(element, "class")) is not None
-        or "Figure" in _attribute(element, "data-component")
+        key == "comments"
+        or css in ("comments", "title", "date")
+        or (key is not None and _NOT_BYLINE_ID.search(key) is not None)
+        or (css is not None and _NOT_BYLINE_CLASS.search(css) is not None)
+        or (component is not None and "Figure" in component)
     )
 
 
 # In the order of trafilatura's AUTHOR_XPATHS: specific, generic, any element.
-BYLINE_SEARCHES: tuple[Elements, ...] = (_walk(_specific), _walk(_generic), _walk(_last_resort))
-_not_byline = _walk(_discarded, root=False)
+BYLINE_SEARCHES: tuple[Elements, ...] = (
+    _specific_or_author,
+    _walk(_generic, _GENERIC_TAGS),
+    _walk(_last_resort),
+)
+_not_byline = _walk(_discarded, _DISCARD_TAGS, root=False)
