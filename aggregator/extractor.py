@@ -1,7 +1,7 @@
 """Full text of an article page (trafilatura). Pure: takes HTML, makes no network calls.
 
 Strategy (measured with ``python -m benchmarks.extraction_quality``; dev set F1 0.981, precision
-0.979, against 0.952 and 0.929 for bare trafilatura, at about 1.2 times its time per page): the
+0.979, against 0.952 and 0.929 for bare trafilatura, at about 1.1 times its time per page): the
 page is parsed once (``load_html``: trafilatura's loader with a faster parser) and an article
 body split into several same-class containers (ads between them) is
 joined, because trafilatura reads only the first container it finds. Metadata is read once, then
