@@ -89,8 +89,8 @@ def search_byline(tree: lxml.html.HtmlElement) -> str | None:
     """Return the byline found in the page's elements, as ``trafilatura.metadata.extract_author``.
 
     The same steps, with trafilatura's XPath expressions (``AUTHOR_XPATHS`` and the first of
-    ``AUTHOR_DISCARD_XPATHS``) written as tests of each element's attributes in one walk of the
-    tree: libxml2 evaluates each predicate of an expression for every element, 2–3 ms an
+    ``AUTHOR_DISCARD_XPATHS``) written as tests of each element's attributes, one walk of the tree
+    each: libxml2 evaluates each predicate of an expression for every element, 2–3 ms an
     expression on a news page, and the search runs up to four of them: 9 ms a search on the dev
     pages, more than the rest of the metadata; 3 ms this way. ``tests/test_extractor.py``
     checks, on every dev page and on a page holding every branch, that each test selects the
@@ -106,6 +106,8 @@ def search_byline(tree: lxml.html.HtmlElement) -> str | None:
 # of its AUTHOR_DISCARD_XPATHS, the expressions translated below (trafilatura 2.3.1).
 BYLINE_XPATHS_SHA256 = "880811a475268a65d7c2232bfc5ce8963967d4b308b9d6a4a0e0ce9e9e0109ec"
 
+# The expressions' re:test() patterns, searched only in attributes that are there: an absent one
+# is an empty string to re:test() and contains(), and none of these matches an empty string.
 _BYLINE_CLASS = re.compile("author-?name|AuthorName|authorName")
 _AUTHORISH_ID = re.compile("author|zuozhe|bianji|xiaobian")
 _AUTHORISH_CLASS = re.compile(
@@ -137,9 +139,6 @@ def _walk(
         return found
 
     return select
-
-
-# An absent attribute is an empty string to re:test() and contains(), which none of these match.
 
 
 def _specific(element: lxml.html.HtmlElement) -> bool:
