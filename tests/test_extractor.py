@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -212,8 +213,9 @@ def test_the_byline_search_selects_what_trafilaturas_expressions_select() -> Non
     for html in bodies:
         tree = trafilatura.load_html(html)
         for ours, theirs in zip(BYLINE_SEARCHES, AUTHOR_XPATHS, strict=True):
-            assert ours(tree) == theirs(tree)
-            matched += len(theirs(tree))
+            expected = theirs(tree)
+            assert ours(tree) == expected
+            matched += len(expected)
         assert _not_byline(tree) == AUTHOR_DISCARD_XPATHS[0](tree)
         assert search_byline(tree) == extract_author(tree)
     assert matched > 50  # the comparison saw elements, not only empty lists (79 without ../shared)
@@ -238,18 +240,25 @@ def test_trafilaturas_byline_expressions_are_the_ones_page_meta_translated() -> 
     assert hashlib.sha256("\n".join(sources).encode()).hexdigest() == BYLINE_XPATHS_SHA256
 
 
-@pytest.mark.skipif(not _dev_pages(), reason="../shared/data/extraction/dev is absent")
-def test_a_precision_pass_that_kept_only_a_footer_gives_way_to_the_balanced_pass() -> None:
+def _dev_page_for_passes(page_id: str) -> tuple[str, str | None, Any]:
+    """A dev page's HTML, URL, and its tree as extract_page hands it to its passes."""
     import trafilatura
 
-    from aggregator.extractor import _ENOUGH_WORDS, _extract_body, _join_split_bodies
+    from aggregator.extractor import _join_split_bodies
 
     folder = SHARED / "data/extraction/dev"
-    page_id = "f8ff621a0b9b7646cc0d57d37416feabba2bf78ef5dd0bfc5b080f9f97bbe584"
     html = (folder / "html" / f"{page_id}.html").read_text()
     url = json.loads((folder / "ground-truth.json").read_text())[page_id]["url"]
     tree = trafilatura.load_html(html)
     _join_split_bodies(tree)  # as extract_page does before its passes
+    return html, url, tree
+
+
+@pytest.mark.skipif(not _dev_pages(), reason="../shared/data/extraction/dev is absent")
+def test_a_precision_pass_that_kept_only_a_footer_gives_way_to_the_balanced_pass() -> None:
+    from aggregator.extractor import _ENOUGH_WORDS, _extract_body
+
+    html, url, tree = _dev_page_for_passes("f8ff621a0b9b7646cc0d57d37416feabba2bf78ef5dd0bfc5b080f9f97bbe584")
     precise = _extract_body(tree, url, precision=True, fast=False)
     assert precise is not None and len((precise.text or "").split()) < _ENOUGH_WORDS
     result = extract_page(html, url)
@@ -290,16 +299,9 @@ def test_trafilaturas_whole_cascade_runs_when_its_rules_alone_keep_nothing() -> 
     """On this page the rules alone (``fast``) keep nothing; the balanced pass would then keep
     the whole page (1,200 words), while the cascade's comparison with readability finds the
     short article (about 100 words; the ground truth has about 80)."""
-    import trafilatura
+    from aggregator.extractor import _extract_body
 
-    from aggregator.extractor import _extract_body, _join_split_bodies
-
-    folder = SHARED / "data/extraction/dev"
-    page_id = "f6ac15a4d98511396da23e4428deb5605422b1c8bbc8284e771f6896bdccf57f"
-    html = (folder / "html" / f"{page_id}.html").read_text()
-    url = json.loads((folder / "ground-truth.json").read_text())[page_id]["url"]
-    tree = trafilatura.load_html(html)
-    _join_split_bodies(tree)
+    html, url, tree = _dev_page_for_passes("f6ac15a4d98511396da23e4428deb5605422b1c8bbc8284e771f6896bdccf57f")
     assert _extract_body(tree, url, precision=True, fast=True) is None
     balanced = _extract_body(tree, url, precision=False, fast=True)
     assert balanced is not None and len((balanced.text or "").split()) > 600
