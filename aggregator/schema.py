@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -135,25 +136,39 @@ class ArticleBand(Base):
     )
 
 
-class StagedBand(Base):
-    """A band key of a recent article, not yet merged into ``article_bands``.
+class RecentBands(Base):
+    """The band keys of a recent article, one row an article, not yet merged into ``article_bands``.
 
-    While the article ids are below ``store.STAGE_BELOW``, new keys go here, into a small table,
-    and are merged into ``article_bands`` in key order every ``store.MERGE_EVERY`` articles.
-    Random keys inserted one feed at a time into the big index each touched a page of it: a
-    20-article feed's commit wrote some 600 pages of SQLite's log, while a small index's pages
-    are few and a sorted merge of many feeds' keys writes each page of the big one once (which
-    saves writes only while that index has fewer pages than a merge has keys: hence the limit).
-    Lookups read both tables. No foreign key (its check would scan this table for every article
-    deleted): a row whose article is gone is dropped at the merge, and retention merges before
-    it deletes.
+    New keys are written here, 32 to a row, and merged into ``article_bands`` in key order when
+    the article ids cross a multiple of ``store.MERGE_EVERY``. Each process holds these rows'
+    keys in memory (``store.RecentIndex``) and reads only the rows added since it last looked:
+    32 random keys inserted into an index for every article each dirtied a page of it, and the
+    commit wrote them all to SQLite's log, while these rows are appended, and a sorted merge
+    writes each page of the big index once. No foreign key (its check would scan this table for
+    every article deleted): a row whose article is gone is dropped at the merge, and retention
+    merges before it deletes.
     """
 
-    __tablename__ = "article_bands_staged"
+    __tablename__ = "article_bands_recent"
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    band_key: Mapped[int] = mapped_column(BigInteger, index=True)
-    article_id: Mapped[int] = mapped_column(BigInteger)
+    article_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+    # The article's distinct band keys, signed 64-bit little-endian (store.pack_keys).
+    band_keys: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class BandMerges(Base):
+    """One row: how many merges of ``article_bands_recent`` there have been.
+
+    A merge (or retention) deletes recent rows; a process whose memory holds their keys sees the
+    count move and reads the table afresh (``store.RecentIndex``).
+    """
+
+    __tablename__ = "article_band_merges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    merges: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class DigestRun(Base):

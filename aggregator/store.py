@@ -10,13 +10,15 @@ import fcntl
 import hashlib
 import json
 import os
+import struct
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from itertools import repeat
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -27,12 +29,12 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    insert,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.sql.expression import Executable
@@ -48,20 +50,19 @@ from aggregator.dedup import (
 )
 from aggregator.errors import StorageError
 from aggregator.models import FeedStatus, NewArticle, StoredArticle
-from aggregator.schema import Article, ArticleBand, DigestItem, DigestRun, Feed, StagedBand
+from aggregator.schema import Article, ArticleBand, BandMerges, DigestItem, DigestRun, Feed, RecentBands
+
+if TYPE_CHECKING:
+    import numpy as np
 
 T = TypeVar("T")
 # Near-duplicate candidates verified per new article at most: those sharing the most band keys.
 # It bounds the work when a band key is common (a story carried by many outlets, boilerplate).
 MAX_CANDIDATES = 8
-# Staged band keys are merged into the band index when the article ids cross a multiple of this
-# (about 16,000 staged rows): see schema.StagedBand.
-MERGE_EVERY = 512
-# Keys are staged only while the article ids are below this; then they go straight into the band
-# index. A sorted merge writes fewer pages than random inserts only while the index is small:
-# full passes were 15-22 % faster with staging at 20,000 and 100,000 articles stored, 19 % slower
-# at 200,000 (docs/PERFORMANCE.md, "Band keys staged while the store is small").
-STAGE_BELOW = 100_000
+# Recent articles' band keys are merged into the band index when the article ids cross a multiple
+# of this (about half a million keys; each process holds them in memory, 8 MB): see
+# schema.RecentBands and RecentIndex.
+MERGE_EVERY = 16_384
 # Any constant shared by all processes (database.py's migration lock is another).
 _INSERT_LOCK = 7_262_042
 
@@ -159,6 +160,7 @@ class Store:
         self._write_sessions = sessionmaker(
             engine.execution_options(sqlite_immediate=True), expire_on_commit=False
         )
+        self._recent = RecentIndex()
 
     @classmethod
     def open(cls, database_url: str) -> Store:
@@ -346,6 +348,8 @@ class Store:
             values.update(record.location.values())
         # Shingles and MinHash are CPU work: done before the write transaction, not inside it.
         profiles = [text_profile(a.text) for a in articles]
+        # So is probing the band index: it changes only at a merge, which the write sees.
+        probe = self._probe_index(profiles)
         statement = _FEED_SUCCESS[record.location is not None]
         with self._writing() as session:
             # Core, built once, not the ORM's bulk update: the same statement at a fraction of the CPU.
@@ -353,7 +357,7 @@ class Store:
             if feed_id is None:  # not created by ensure_feeds: make the row, then update it
                 self._feed_row(session, feed_url, record.now)
                 feed_id = session.connection().scalar(statement, values)
-            added = self._insert_articles(session, feed_id, articles, record.now, profiles)
+            added = self._insert_articles(session, feed_id, articles, record.now, profiles, probe)
             if added[1]:
                 _lead_with_earliest_published(session, feed_id, record.now)
             return added
@@ -365,6 +369,7 @@ class Store:
         articles: Sequence[NewArticle],
         now: datetime,
         profiles: Sequence[TextProfile | None] | None = None,
+        probe: IndexProbe | None = None,
     ) -> tuple[int, int]:
         """Insert the articles this feed lacks, each pointing at the earliest stored copy of
         its story if any; return (added, of which duplicates).
@@ -421,7 +426,7 @@ class Store:
         unmatched = [
             profile if rep is None else None for (_, profile), rep in zip(batch, stored, strict=True)
         ]
-        near = _stored_near_duplicates(session, unmatched)
+        near = _stored_near_duplicates(session, unmatched, self._recent, probe)
         # A copy within this batch points where the first copy it matches points: at a stored
         # article, or at an article of the batch (known once it has an id).
         first_by_url: dict[str, int] = {}
@@ -495,26 +500,31 @@ class Store:
             copies.setdefault(twin, []).append(ids[position])
         for twin, copy_ids in copies.items():
             session.execute(update(Article).where(Article.id.in_(copy_ids)).values(duplicate_of=ids[twin]))
-        bands = [
-            (band_key, ids[position])
+        recent = [
+            (ids[position], pack_keys(dict.fromkeys(profile.band_keys)))
             for position, profile in banded.items()
-            for band_key in dict.fromkeys(profile.band_keys)
         ]
-        staging = ids[-1] < STAGE_BELOW
-        if bands:
-            # 32 rows an article: handed to the driver's executemany as they are, since
-            # SQLAlchemy's per-row parameter processing cost more than SQLite's inserts.
+        if recent:
+            # One row an article, through the driver's executemany: SQLAlchemy's per-row
+            # parameter processing cost more than SQLite's inserts.
             marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
-            table = "article_bands_staged" if staging else "article_bands"
             connection.exec_driver_sql(
-                f"INSERT INTO {table} (band_key, article_id) VALUES ({marker}, {marker})", bands
+                f"INSERT INTO article_bands_recent (article_id, band_keys) VALUES ({marker}, {marker})",
+                recent,
             )
-        # Merged when an id of the batch is a multiple of MERGE_EVERY, and once more when the
-        # ids reach STAGE_BELOW (what was staged before goes into the index then).
-        reached_limit = not staging and ids[0] - 1 < STAGE_BELOW
-        if reached_limit or (ids[0] - 1) // MERGE_EVERY != ids[-1] // MERGE_EVERY:
-            _merge_staged_bands(session)
+        if (ids[0] - 1) // MERGE_EVERY != ids[-1] // MERGE_EVERY:
+            _merge_recent_bands(session)
         return len(values), duplicates
+
+    def _probe_index(self, profiles: Sequence[TextProfile | None]) -> IndexProbe | None:
+        """Look the band keys of ``profiles`` up in the band index, outside the writers' lock."""
+        wanted = sorted({key for profile in profiles if profile for key in profile.band_keys})
+        if not wanted:
+            return None
+        with self._session() as session:
+            connection = session.connection()
+            merges = connection.scalar(_BAND_MERGES)
+            return IndexProbe(merges, frozenset(wanted), _index_hits(connection, wanted))
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
@@ -766,7 +776,7 @@ class Store:
             )
         )
         with self._writing() as session:
-            _merge_staged_bands(session)  # so that the cascade below reaches every band key
+            _merge_recent_bands(session)  # so that the cascade below reaches every band key
             ids = list(session.scalars(doomed))
             for numbers in _chunks(ids):
                 # The database cascades to digest items and band keys; copies of a deleted
@@ -878,24 +888,148 @@ def _ranked(band_keys: Iterable[int], hits: dict[int, list[int]]) -> list[int]:
     return [article for article, _ in ranked[:MAX_CANDIDATES]]
 
 
-def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | None]) -> list[int | None]:
-    """Return, for each profile, the earliest representative among the stored articles whose
-    text it nearly duplicates (None: none, or no profile); one query for the band keys of the
-    whole batch, one for the candidates' texts."""
-    found: list[int | None] = [None] * len(profiles)
-    wanted = sorted({key for profile in profiles if profile for key in profile.band_keys})
+def pack_keys(keys: Iterable[int]) -> bytes:
+    """The band keys of one article as ``schema.RecentBands`` stores them."""
+    keys = tuple(keys)
+    return struct.pack(f"<{len(keys)}q", *keys)
+
+
+def unpack_keys(blob: bytes) -> tuple[int, ...]:
+    return struct.unpack(f"<{len(blob) // 8}q", blob)
+
+
+class RecentIndex:
+    """This process's copy of ``article_bands_recent``: band key -> the recent articles holding it.
+
+    Brought up to date under the writers' lock (``catch_up``), where every writer's commits are
+    visible, by reading only the rows added since the last look: rows are appended in article id
+    order, and deleted only by a merge (or by retention, which merges), which counts itself in
+    ``article_band_merges``; when the count moves, the table is read afresh. Reading another
+    writer's 20 rows costs far less than inserting 640 keys into an index and probing it: those
+    B-tree operations were most of a feed's time under the lock.
+
+    New keys go into a dict; past ``CONSOLIDATE_AT`` of them they move into sorted numpy arrays
+    (16 bytes a key: the ``MERGE_EVERY`` articles' half-million keys take 8 MB, where a dict
+    would take 50).
+    """
+
+    __slots__ = ("fresh", "ids", "keys", "merges", "seen")
+    CONSOLIDATE_AT = 65_536
+
+    def __init__(self) -> None:
+        self._reset(None)
+
+    def _reset(self, merges: int | None) -> None:
+        self.merges, self.seen = merges, 0
+        self.fresh: dict[int, int | list[int]] = {}
+        self.keys: np.ndarray | None = None  # sorted
+        self.ids: np.ndarray | None = None  # the article of each key
+
+    def catch_up(self, connection: Connection) -> None:
+        merges = connection.scalar(_BAND_MERGES)
+        if merges != self.merges:
+            self._reset(merges)
+        fresh = self.fresh
+        for article_id, blob in connection.execute(_RECENT_SINCE, {"seen": self.seen}):
+            keys = unpack_keys(bytes(blob))
+            # A key another article holds is rare (the two tell one story): the dict's own
+            # update, in C, takes the rest.
+            held = {key: fresh[key] for key in fresh.keys() & keys}
+            fresh.update(zip(keys, repeat(article_id)))
+            for key, earlier in held.items():
+                fresh[key] = [*earlier, article_id] if isinstance(earlier, list) else [earlier, article_id]
+            self.seen = article_id
+        if len(fresh) >= self.CONSOLIDATE_AT:
+            self._consolidate()
+
+    def _consolidate(self) -> None:
+        import numpy as np
+
+        keys: list[int] = []
+        ids: list[int] = []
+        for key, held in self.fresh.items():
+            if isinstance(held, list):
+                keys += [key] * len(held)
+                ids += held
+            else:
+                keys.append(key)
+                ids.append(held)
+        all_keys = np.array(keys, dtype=np.int64)
+        all_ids = np.array(ids, dtype=np.int64)
+        # Two sorted runs: the stable sort below merges them in one pass.
+        order = np.argsort(all_keys, kind="stable")
+        all_keys, all_ids = all_keys[order], all_ids[order]
+        if self.keys is not None and self.ids is not None:
+            all_keys = np.concatenate((self.keys, all_keys))
+            all_ids = np.concatenate((self.ids, all_ids))
+        order = np.argsort(all_keys, kind="stable")
+        self.keys, self.ids, self.fresh = all_keys[order], all_ids[order], {}
+
+    def hits(self, wanted: Sequence[int], into: dict[int, list[int]]) -> None:
+        """Add the recent articles holding each of ``wanted`` (sorted, distinct) to ``into``."""
+        fresh = self.fresh
+        for key in fresh.keys() & wanted:
+            held = fresh[key]
+            into.setdefault(key, []).extend(held if isinstance(held, list) else (held,))
+        if self.keys is None or self.ids is None:
+            return
+        import numpy as np
+
+        probe = np.array(wanted, dtype=np.int64)
+        low = np.searchsorted(self.keys, probe, "left")
+        high = np.searchsorted(self.keys, probe, "right")
+        for index in np.flatnonzero(high > low).tolist():
+            into.setdefault(wanted[index], []).extend(self.ids[low[index] : high[index]].tolist())
+
+
+@dataclass(frozen=True, slots=True)
+class IndexProbe:
+    """The band index's articles for some keys, read before the write (``Store._probe_index``),
+    and the count of merges then: only a merge changes the index."""
+
+    merges: int | None
+    keys: frozenset[int]
+    hits: dict[int, list[int]]
+
+
+def _index_hits(connection: Connection, wanted: list[int]) -> dict[int, list[int]]:
     hits: dict[int, list[int]] = {}
-    connection = session.connection()
     postgresql = connection.dialect.name == "postgresql"
     for key, article_id in connection.execute(
         _BAND_LOOKUP[postgresql], {"keys": _one_value(wanted, postgresql)}
     ):
         hits.setdefault(key, []).append(article_id)
+    return hits
+
+
+def _stored_near_duplicates(
+    session: Session,
+    profiles: Sequence[TextProfile | None],
+    recent: RecentIndex | None = None,
+    probe: IndexProbe | None = None,
+) -> list[int | None]:
+    """Return, for each profile, the earliest representative among the stored articles whose
+    text it nearly duplicates (None: none, or no profile); the band keys of the whole batch
+    looked up in the index (``probe``, unless a merge came since) and among the recent articles
+    in memory, then one query for the candidates' texts."""
+    found: list[int | None] = [None] * len(profiles)
+    wanted = sorted({key for profile in profiles if profile for key in profile.band_keys})
+    if not wanted:
+        return found
+    connection = session.connection()
+    recent = recent or RecentIndex()  # one made here reads the whole table
+    recent.catch_up(connection)
+    if probe is not None and probe.merges == recent.merges and probe.keys.issuperset(wanted):
+        hits = {key: list(ids) for key, ids in probe.hits.items()}
+    else:
+        hits = _index_hits(connection, wanted)
+    recent.hits(wanted, hits)
     if not hits:
         return found
     candidates = [_ranked(profile.band_keys, hits) if profile else [] for profile in profiles]
     stored: dict[int, tuple[int, str]] = {}  # id -> (its representative, its text)
     ids = sorted({c for ranked in candidates for c in ranked})
+    postgresql = connection.dialect.name == "postgresql"
     for article_id, duplicate_of, body in connection.execute(
         _CANDIDATE_TEXTS[postgresql], {"ids": _one_value(ids, postgresql)}
     ):
@@ -920,11 +1054,30 @@ def _stored_near_duplicates(session: Session, profiles: Sequence[TextProfile | N
     return found
 
 
-def _merge_staged_bands(session: Session) -> None:
-    """Move the staged band keys into the band index, in key order (see schema.StagedBand)."""
+def _merge_recent_bands(session: Session) -> None:
+    """Move the recent articles' band keys into the band index, in key order (see
+    schema.RecentBands); those of deleted articles are dropped."""
+    import numpy as np
+
     connection = session.connection()
-    connection.execute(_MERGE_STAGED)
-    connection.execute(delete(StagedBand))
+    rows = connection.execute(_RECENT_KEPT).all()
+    if rows:
+        keys = np.frombuffer(b"".join(bytes(blob) for _, blob in rows), dtype="<i8")
+        ids = np.repeat(
+            np.array([article_id for article_id, _ in rows], dtype=np.int64),
+            [len(blob) // 8 for _, blob in rows],
+        )
+        order = np.lexsort((ids, keys))
+        keys, ids = keys[order], ids[order]
+        marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        statement = f"INSERT INTO article_bands (band_key, article_id) VALUES ({marker}, {marker})"
+        for start in range(0, len(keys), 50_000):  # bounded memory: the rows are Python tuples
+            stop = start + 50_000
+            connection.exec_driver_sql(
+                statement, list(zip(keys[start:stop].tolist(), ids[start:stop].tolist(), strict=True))
+            )
+    connection.execute(delete(RecentBands))
+    connection.execute(update(BandMerges).values(merges=BandMerges.merges + 1))
 
 
 def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime) -> None:
@@ -1012,22 +1165,20 @@ def _one_value(values: list[int], postgresql: bool) -> object:
 # The near-duplicate lookup's two statements, built once per dialect: constructing them on every
 # lookup cost as much CPU as running them.
 _BAND_LOOKUP = {
-    postgresql: select(ArticleBand.band_key, ArticleBand.article_id)
-    .where(_in_one_value(ArticleBand.band_key, "keys", postgresql))
-    .union_all(
-        select(StagedBand.band_key, StagedBand.article_id).where(
-            _in_one_value(StagedBand.band_key, "keys", postgresql)
-        )
+    postgresql: select(ArticleBand.band_key, ArticleBand.article_id).where(
+        _in_one_value(ArticleBand.band_key, "keys", postgresql)
     )
     for postgresql in (False, True)
 }
-# In key order, so that each page of the index is written once; rows of deleted articles are
-# left behind (StagedBand has no foreign key).
-_MERGE_STAGED = insert(ArticleBand).from_select(
-    ["band_key", "article_id"],
-    select(StagedBand.band_key, StagedBand.article_id)
-    .join(Article, Article.id == StagedBand.article_id)
-    .order_by(StagedBand.band_key, StagedBand.article_id),
+_BAND_MERGES = select(BandMerges.merges).where(BandMerges.id == 1)
+_RECENT_SINCE = (
+    select(RecentBands.article_id, RecentBands.band_keys)
+    .where(RecentBands.article_id > bindparam("seen"))
+    .order_by(RecentBands.article_id)
+)
+# Rows of deleted articles are left behind (RecentBands has no foreign key).
+_RECENT_KEPT = select(RecentBands.article_id, RecentBands.band_keys).join(
+    Article, Article.id == RecentBands.article_id
 )
 _CANDIDATE_TEXTS = {
     postgresql: select(Article.id, Article.duplicate_of, Article.text).where(

@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.orm import Session
 
 from aggregator.config import DigestSettings, FeedConfig
 from aggregator.database import create_db_engine, migrate
-from aggregator.dedup import BANDS, url_key
+from aggregator.dedup import BANDS, text_profile, url_key
 from aggregator.digest import build_digest
 from aggregator.errors import StorageError
 from aggregator.models import NewArticle
-from aggregator.schema import ArticleBand, Base, StagedBand
-from aggregator.store import FetchRecord, Seen, Store
+from aggregator.schema import Article, ArticleBand, Base, Feed, RecentBands
+from aggregator.store import FetchRecord, IndexProbe, Seen, Store, _stored_near_duplicates, pack_keys
 
 from .conftest import free_port
 
@@ -188,12 +189,11 @@ def by_key(store: Store) -> dict[str, int | None]:
 
 
 def staged_and_merged(store: Store) -> tuple[int, int]:
-    """Band keys staged (schema.StagedBand) and in the index (ArticleBand)."""
+    """Band keys of recent articles (schema.RecentBands) and in the index (ArticleBand)."""
     with store.engine.connect() as connection:
-        return tuple(  # type: ignore[return-value]
-            int(connection.execute(select(func.count()).select_from(table)).scalar_one())
-            for table in (StagedBand, ArticleBand)
-        )
+        recent = sum(len(blob) // 8 for blob in connection.execute(select(RecentBands.band_keys)).scalars())
+        merged = connection.execute(select(func.count()).select_from(ArticleBand)).scalar_one()
+    return recent, int(merged)
 
 
 def band_rows(store: Store) -> int:
@@ -275,7 +275,7 @@ def test_band_keys_are_kept_for_each_text_but_not_for_exact_copies(store: Store)
     assert seen["a2"] == seen["b1"] == seen["b2"] == seen["a1#id"]
 
 
-def test_staged_band_keys_are_merged_and_found_in_both_tables(
+def test_recent_band_keys_are_merged_and_found_in_both_places(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import aggregator.store
@@ -294,26 +294,44 @@ def test_staged_band_keys_are_merged_and_found_in_both_tables(
     assert seen["b1"] == seen["a1#id"] and seen["b2"] == seen["a5#id"]
 
 
-def test_band_keys_go_straight_into_the_index_once_the_store_is_large(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+def test_each_process_sees_the_recent_keys_and_merges_of_the_others(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import aggregator.store
 
-    monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 1000)
-    monkeypatch.setattr(aggregator.store, "STAGE_BELOW", 3)  # "large" from article id 3 on
-    store_batch(store, FEED_A, [copy("a1", "haftar-wire", FEED_A), copy("a2", "fire-wire", FEED_A)])
-    assert staged_and_merged(store) == (2 * BANDS, 0)
-    # Ids 3 and 4 reach the limit: their keys go into the index, and the staged ones follow.
-    store_batch(store, FEED_A, [copy("a3", "flood-wire", FEED_A), copy("a4", "mine-wire", FEED_A)])
-    assert staged_and_merged(store) == (0, 4 * BANDS)
-    store_batch(store, FEED_A, [copy("a5", "summit-wire", FEED_A)])
-    assert staged_and_merged(store) == (0, 5 * BANDS)
-    store_batch(store, FEED_B, [copy("b1", "haftar-herald", FEED_B), copy("b2", "summit-metro", FEED_B)])
-    seen = by_key(store)
-    assert seen["b1"] == seen["a1#id"] and seen["b2"] == seen["a5#id"]
+    # Two Stores on one database stand for two worker processes: each keeps its own copy of the
+    # recent keys, brought up to date from the table before it looks.
+    monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 4)
+    one, two = Store.open(database_url), Store.open(database_url)
+    try:
+        store_batch(one, FEED_A, [copy("a1", "haftar-wire", FEED_A)])
+        assert store_batch(two, FEED_B, [copy("b1", "haftar-herald", FEED_B)]) == (1, 1)
+        store_batch(two, FEED_B, [copy("b2", "fire-wire", FEED_B)])
+        assert staged_and_merged(one) == (3 * BANDS, 0)
+        # Ids 4 and 5 cross a multiple of 4: "one" merges what "two" holds in memory.
+        store_batch(one, FEED_A, [copy("a2", "flood-wire", FEED_A), copy("a3", "mine-wire", FEED_A)])
+        assert staged_and_merged(one) == (0, 5 * BANDS)
+        batch = [copy("c1", "fire-herald", FEED_C), copy("c2", "mine-ledger", FEED_C)]
+        assert store_batch(two, FEED_C, batch) == (2, 2)
+        # Id 8 crosses the next multiple: "two" merges, and "one" finds the merged key.
+        store_batch(two, FEED_B, [copy("b3", "summit-wire", FEED_B)])
+        assert staged_and_merged(one) == (0, 8 * BANDS)
+        # A probe of the index made before the last merge is not trusted: it is made again.
+        profile = text_profile(story("summit-metro"))
+        assert profile is not None
+        stale = IndexProbe(merges=1, keys=frozenset(profile.band_keys), hits={})
+        with Session(one.engine) as session:
+            assert _stored_near_duplicates(session, [profile], None, stale) == [by_key(one)["b3#id"]]
+        assert store_batch(one, FEED_A, [copy("a4", "summit-metro", FEED_A)]) == (1, 1)
+        seen = by_key(one)
+        assert seen["b1"] == seen["a1#id"]
+        assert (seen["c1"], seen["c2"], seen["a4"]) == (seen["b2#id"], seen["a3#id"], seen["b3#id"])
+    finally:
+        one.close()
+        two.close()
 
 
-def test_staged_keys_of_deleted_articles_are_dropped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recent_keys_of_deleted_articles_are_dropped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     import aggregator.store
 
     monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 3)
@@ -327,9 +345,9 @@ def test_staged_keys_of_deleted_articles_are_dropped(store: Store, monkeypatch: 
     # Retention merges first, so the database's cascade deletes the merged keys with the article.
     assert store.delete_old_articles(NOW - timedelta(days=90), ["daily"]) == 1
     assert staged_and_merged(store) == (0, 0)
-    # A staged row whose article is gone (written by hand here) is dropped at the next merge.
+    # A recent row whose article is gone (written by hand here) is dropped at the next merge.
     with store.engine.begin() as connection:
-        connection.execute(insert(StagedBand).values(band_key=1, article_id=999))
+        connection.execute(insert(RecentBands).values(article_id=0, band_keys=pack_keys([1])))
     batch = [copy(f"b{n}", name, FEED_B) for n, name in enumerate(("fire-wire", "flood-wire", "mine-wire"))]
     store_batch(store, FEED_B, batch)  # three new ids: one is a multiple of 3
     assert staged_and_merged(store) == (0, 3 * BANDS)
@@ -639,5 +657,46 @@ def test_band_keys_of_the_old_minhash_version_are_rebuilt(database_url: str) -> 
         assert profile is not None and keys == set(profile.band_keys)
         assert store_batch(store, FEED_B, [copy("b1", "haftar-herald", FEED_B)]) == (1, 1)
         assert by_key(store)["b1"] == article_id
+    finally:
+        store.close()
+
+
+def test_staged_band_keys_move_into_the_index_and_back(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from aggregator.database import MIGRATIONS
+
+    engine = create_db_engine(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:  # a store of version 0006, its keys staged
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0006")
+    store = Store(engine)
+    try:
+        body = story("haftar-wire")
+        profile = text_profile(body)
+        assert profile is not None
+        store.ensure_feeds([FEED_A], NOW)
+        with engine.begin() as connection:
+            feed_id = connection.execute(select(Feed.id)).scalar_one()
+            values = {"feed_id": feed_id, "entry_key": "a1", "url": "https://a.example/a1", "title": "t"}
+            values |= {"url_key": url_key(values["url"]), "first_seen": NOW, "text": body}
+            values |= {"html": "", "extraction": "page", "content_hash": "h1"}
+            article_id = connection.execute(insert(Article).values(values).returning(Article.id)).scalar_one()
+            connection.execute(
+                text("INSERT INTO article_bands_staged (band_key, article_id) VALUES (:k, :a)"),
+                [{"k": key, "a": article_id} for key in profile.band_keys],
+            )
+        migrate(engine)
+        assert staged_and_merged(store) == (0, BANDS)
+        assert store_batch(store, FEED_B, [copy("b1", "haftar-herald", FEED_B)]) == (1, 1)
+        assert staged_and_merged(store) == (BANDS, BANDS)
+        with engine.begin() as connection:  # back to 0006: the recent keys are staged again
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0006")
+            staged = connection.execute(text("SELECT count(*) FROM article_bands_staged")).scalar_one()
+        assert staged == BANDS
     finally:
         store.close()
