@@ -120,20 +120,17 @@ class ArticleBand(Base):
 
     Kept for every article whose text can be matched, except exact copies of a stored text. The
     primary key (band_key, article_id) is the lookup index; on SQLite the table is WITHOUT ROWID,
-    so that index is the whole table. The index by article serves the cascading deletes of
-    retention.
+    so that index is the whole table. No foreign key and no index by article (migration 0007):
+    a merge's half-million sorted keys paid for a check of the article and a random insert into
+    that index each, three times the merge's own work. Retention deletes an article's keys by
+    computing them again from its text (``Store.delete_old_articles``).
     """
 
     __tablename__ = "article_bands"
     __table_args__ = ({"sqlite_with_rowid": False},)
 
     band_key: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    article_id: Mapped[int] = mapped_column(
-        ForeignKey("articles.id", ondelete="CASCADE"),
-        primary_key=True,
-        autoincrement=False,
-        index=True,
-    )
+    article_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
 
 
 class RecentBands(Base):

@@ -776,16 +776,16 @@ class Store:
             )
         )
         with self._writing() as session:
-            _merge_recent_bands(session)  # so that the cascade below reaches every band key
+            _merge_recent_bands(session)  # so that every band key is in the index, to be deleted
             ids = list(session.scalars(doomed))
             for numbers in _chunks(ids):
-                # The database cascades to digest items and band keys; copies of a deleted
-                # representative that are deleted too go in the same statement.
+                # Copies of a deleted representative that are deleted too go in the same
+                # statement.
                 session.execute(
                     update(Article).where(Article.duplicate_of.in_(numbers)).values(duplicate_of=None)
                 )
                 session.execute(delete(DigestItem).where(DigestItem.article_id.in_(numbers)))
-                session.execute(delete(ArticleBand).where(ArticleBand.article_id.in_(numbers)))
+                _delete_band_keys(session, numbers)
                 session.execute(delete(Article).where(Article.id.in_(numbers)))
         return len(ids)
 
@@ -1052,6 +1052,22 @@ def _stored_near_duplicates(
                 best = root
         found[index] = best
     return found
+
+
+def _delete_band_keys(session: Session, ids: Sequence[int]) -> None:
+    """Delete the band keys of the articles ``ids``, computed again from their texts: the band
+    index has no entry by article (schema.ArticleBand). About 0.2 ms an article."""
+    connection = session.connection()
+    pairs = []
+    for article_id, body in connection.execute(select(Article.id, Article.text).where(Article.id.in_(ids))):
+        profile = text_profile(body or "")
+        if profile is not None:
+            pairs += [(key, article_id) for key in dict.fromkeys(profile.band_keys)]
+    if pairs:
+        marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        connection.exec_driver_sql(
+            f"DELETE FROM article_bands WHERE band_key = {marker} AND article_id = {marker}", pairs
+        )
 
 
 def _merge_recent_bands(session: Session) -> None:
