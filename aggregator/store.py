@@ -44,7 +44,7 @@ from aggregator.dedup import (
     TextProfile,
     is_near_duplicate,
     lead_order,
-    text_profile,
+    text_profiles,
     text_shingles,
     url_key,
 )
@@ -347,7 +347,7 @@ class Store:
         if record.location is not None:
             values.update(record.location.values())
         # Shingles and MinHash are CPU work: done before the write transaction, not inside it.
-        profiles = [text_profile(a.text) for a in articles]
+        profiles = text_profiles([a.text for a in articles])
         # So is probing the band index: it changes only at a merge, which the write sees.
         probe = self._probe_index(profiles)
         statement = _FEED_SUCCESS[record.location is not None]
@@ -386,7 +386,7 @@ class Store:
             # so each one sees the copies committed before it.
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INSERT_LOCK})
         if profiles is None:
-            profiles = [text_profile(a.text) for a in articles]
+            profiles = text_profiles([a.text for a in articles])
         keys = {_url_key(a) for a in articles}
         hashes = {a.content_hash for a in articles if a.content_hash}
         entry_keys = {a.entry_key for a in articles}
@@ -1058,11 +1058,15 @@ def _delete_band_keys(session: Session, ids: Sequence[int]) -> None:
     """Delete the band keys of the articles ``ids``, computed again from their texts: the band
     index has no entry by article (schema.ArticleBand). About 0.2 ms an article."""
     connection = session.connection()
-    pairs = []
-    for article_id, body in connection.execute(select(Article.id, Article.text).where(Article.id.in_(ids))):
-        profile = text_profile(body or "")
-        if profile is not None:
-            pairs += [(key, article_id) for key in dict.fromkeys(profile.band_keys)]
+    rows = connection.execute(select(Article.id, Article.text).where(Article.id.in_(ids))).all()
+    pairs = [
+        (key, article_id)
+        for (article_id, _), profile in zip(
+            rows, text_profiles([body or "" for _, body in rows]), strict=True
+        )
+        if profile is not None
+        for key in dict.fromkeys(profile.band_keys)
+    ]
     if pairs:
         marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
         connection.exec_driver_sql(
