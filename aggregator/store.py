@@ -507,7 +507,7 @@ class Store:
         if recent:
             # One row an article, through the driver's executemany: SQLAlchemy's per-row
             # parameter processing cost more than SQLite's inserts.
-            marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+            marker = _marker(connection)
             connection.exec_driver_sql(
                 f"INSERT INTO article_bands_recent (article_id, band_keys) VALUES ({marker}, {marker})",
                 recent,
@@ -518,7 +518,7 @@ class Store:
 
     def _probe_index(self, profiles: Sequence[TextProfile | None]) -> IndexProbe | None:
         """Look the band keys of ``profiles`` up in the band index, outside the writers' lock."""
-        wanted = sorted({key for profile in profiles if profile for key in profile.band_keys})
+        wanted = _wanted_keys(profiles)
         if not wanted:
             return None
         with self._session() as session:
@@ -888,6 +888,16 @@ def _ranked(band_keys: Iterable[int], hits: dict[int, list[int]]) -> list[int]:
     return [article for article, _ in ranked[:MAX_CANDIDATES]]
 
 
+def _marker(connection: Connection) -> str:
+    """The driver's placeholder, for statements handed to its executemany."""
+    return "?" if connection.dialect.paramstyle == "qmark" else "%s"
+
+
+def _wanted_keys(profiles: Sequence[TextProfile | None]) -> list[int]:
+    """The distinct band keys of ``profiles``, sorted."""
+    return sorted({key for profile in profiles if profile for key in profile.band_keys})
+
+
 def pack_keys(keys: Iterable[int]) -> bytes:
     """The band keys of one article as ``schema.RecentBands`` stores them."""
     keys = tuple(keys)
@@ -1013,7 +1023,7 @@ def _stored_near_duplicates(
     looked up in the index (``probe``, unless a merge came since) and among the recent articles
     in memory, then one query for the candidates' texts."""
     found: list[int | None] = [None] * len(profiles)
-    wanted = sorted({key for profile in profiles if profile for key in profile.band_keys})
+    wanted = _wanted_keys(profiles)
     if not wanted:
         return found
     connection = session.connection()
@@ -1068,7 +1078,7 @@ def _delete_band_keys(session: Session, ids: Sequence[int]) -> None:
         for key in dict.fromkeys(profile.band_keys)
     ]
     if pairs:
-        marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        marker = _marker(connection)
         connection.exec_driver_sql(
             f"DELETE FROM article_bands WHERE band_key = {marker} AND article_id = {marker}", pairs
         )
@@ -1089,7 +1099,7 @@ def _merge_recent_bands(session: Session) -> None:
         )
         order = np.lexsort((ids, keys))
         keys, ids = keys[order], ids[order]
-        marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        marker = _marker(connection)
         statement = f"INSERT INTO article_bands (band_key, article_id) VALUES ({marker}, {marker})"
         for start in range(0, len(keys), 50_000):  # bounded memory: the rows are Python tuples
             stop = start + 50_000
