@@ -523,6 +523,8 @@ class Store:
             return None
         with self._session() as session:
             connection = session.connection()
+            with self._recent.lock:
+                self._recent.catch_up(connection)
             merges = connection.scalar(_BAND_MERGES)
             return IndexProbe(merges, frozenset(wanted), _index_hits(connection, wanted))
 
@@ -921,12 +923,18 @@ class RecentIndex:
     New keys go into a dict; past ``CONSOLIDATE_AT`` of them they move into sorted numpy arrays
     (16 bytes a key: the ``MERGE_EVERY`` articles' half-million keys take 8 MB, where a dict
     would take 50).
+
+    A refresh catches up once before the lock too (``Store._probe_index``), consolidating there:
+    under the lock only the rows committed in between are left to read, and no writer waits
+    for the arrays to be sorted. ``lock`` keeps the threads of one process (``extract.workers:
+    0``) out of each other's way, now that one of them may catch up outside the writers' lock.
     """
 
-    __slots__ = ("fresh", "ids", "keys", "merges", "seen")
+    __slots__ = ("fresh", "ids", "keys", "lock", "merges", "seen")
     CONSOLIDATE_AT = 65_536
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
         self._reset(None)
 
     def _reset(self, merges: int | None) -> None:
@@ -935,7 +943,9 @@ class RecentIndex:
         self.keys: np.ndarray | None = None  # sorted
         self.ids: np.ndarray | None = None  # the article of each key
 
-    def catch_up(self, connection: Connection) -> None:
+    def catch_up(self, connection: Connection, consolidate: bool = True) -> None:
+        """Read the rows added since the last look (all of them after a merge); with
+        ``consolidate``, move the dict into the arrays once it is large. Called with ``lock`` held."""
         merges = connection.scalar(_BAND_MERGES)
         if merges != self.merges:
             self._reset(merges)
@@ -949,7 +959,7 @@ class RecentIndex:
             for key, earlier in held.items():
                 fresh[key] = [*earlier, article_id] if isinstance(earlier, list) else [earlier, article_id]
             self.seen = article_id
-        if len(fresh) >= self.CONSOLIDATE_AT:
+        if consolidate and len(fresh) >= self.CONSOLIDATE_AT:
             self._consolidate()
 
     def _consolidate(self) -> None:
@@ -1028,12 +1038,14 @@ def _stored_near_duplicates(
         return found
     connection = session.connection()
     recent = recent or RecentIndex()  # one made here reads the whole table
-    recent.catch_up(connection)
-    if probe is not None and probe.merges == recent.merges and probe.keys.issuperset(wanted):
-        hits = {key: list(ids) for key, ids in probe.hits.items()}
-    else:
-        hits = _index_hits(connection, wanted)
-    recent.hits(wanted, hits)
+    with recent.lock:
+        # Sorting the arrays is left to the next catch-up before the lock (Store._probe_index).
+        recent.catch_up(connection, consolidate=probe is None)
+        if probe is not None and probe.merges == recent.merges and probe.keys.issuperset(wanted):
+            hits = {key: list(ids) for key, ids in probe.hits.items()}
+        else:
+            hits = _index_hits(connection, wanted)
+        recent.hits(wanted, hits)
     if not hits:
         return found
     candidates = [_ranked(profile.band_keys, hits) if profile else [] for profile in profiles]

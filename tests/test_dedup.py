@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import os
+import random
+import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from aggregator.dedup import (
     is_near_duplicate,
     jaccard,
     minhash,
+    normalise_words,
     repeated_guids,
     shingles,
     text_hash,
@@ -62,6 +66,27 @@ def test_text_hash_ignores_case_spacing_and_punctuation_but_not_short_texts() ->
     assert text_hash(words) == text_hash("  " + words.upper().replace(" ", " ,\n "))
     assert text_hash(words) != text_hash(words + " extra")
     assert text_hash("Read more on our site") is None
+
+
+def test_words_are_those_the_unicode_word_pattern_finds() -> None:
+    """The ASCII fast path and the NFKC quick check give what the plain definition gives."""
+
+    def defined(text: str) -> tuple[str, ...]:
+        return tuple(re.findall(r"\w+", unicodedata.normalize("NFKC", text).casefold()))
+
+    rng = random.Random(7)
+    ascii_chars = "".join(map(chr, range(128)))
+    mixed = "aZ_09 \t\n.,;-'\"\x00\x1f\x7f’“”—…ßİıﬁ①²\u00a0\u2003\u200b\u0301éΩ日本😀"
+    texts = [
+        "Don't stop: it's 2026, e-mail_me at A.B@example.com!",
+        "Le “président” a déclaré — à l’Élysée — qu’il n’y aurait pas…",
+        "ﬁnal Straße ①②",
+    ]
+    for alphabet in (ascii_chars, mixed):
+        texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(500)]
+    for text in texts:
+        normalise_words.cache_clear()
+        assert normalise_words(text) == defined(text), repr(text)
 
 
 # -- layer 4: near-duplicate texts -----------------------------------------------------------
