@@ -491,13 +491,18 @@ def load_feeds(path: Path) -> tuple[FeedConfig, ...]:
         raise ConfigError(_describe(path, exc, raw)) from None
 
 
+# libyaml's safe loader where PyYAML was built with it: the pure-Python one took 0.2 s of every
+# start for 1,000 feeds, 2 s for 10,000. The same documents load to the same values.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
