@@ -7,6 +7,7 @@ loop is left with I/O and the database.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -46,13 +47,32 @@ class PreparedEntry:
 
 
 @dataclass(frozen=True)
+class IdentifiedEntry:
+    """An entry with its identity worked out, before the costly part of ``prepare_entries``."""
+
+    entry: ParsedEntry
+    key: str  # dedup.entry_key
+    link_key: str | None  # dedup.url_key of the entry's link
+    dated: bool  # as PreparedEntry.dated
+
+
+@dataclass(frozen=True)
+class IdentifiedFeed:
+    feed: ParsedFeed
+    entries: tuple[IdentifiedEntry, ...]
+
+
+@dataclass(frozen=True)
 class PreparedFeed:
     feed: ParsedFeed
     entries: tuple[PreparedEntry, ...]
 
 
-def prepare_feed(result: FetchResult, max_entries: int, now: datetime) -> PreparedFeed:
-    """Return the parsed feed with its first ``max_entries`` entries prepared.
+def identify_feed(result: FetchResult, max_entries: int, now: datetime) -> IdentifiedFeed:
+    """Return the parsed feed with the identity of its first ``max_entries`` entries: enough to
+    ask the store which are new, so that only those are sanitised and hashed
+    (``prepare_entries``). A feed that changed since the last poll usually has one or two new
+    entries among twenty.
 
     Raises FetchError("not_a_feed" | "parse") like parser.parse_feed.
     """
@@ -60,26 +80,51 @@ def prepare_feed(result: FetchResult, max_entries: int, now: datetime) -> Prepar
     given = parsed.entries[:max_entries]
     entries = sane_dates(given, now)
     repeated = repeated_guids(entries)
+    return IdentifiedFeed(
+        parsed,
+        tuple(
+            IdentifiedEntry(
+                entry=entry,
+                key=entry_key(entry, repeated),
+                link_key=url_key(entry.url) if entry.url else None,
+                dated=entry.published == original.published,
+            )
+            for original, entry in zip(given, entries, strict=True)
+        ),
+    )
+
+
+def prepare_entries(entries: Iterable[IdentifiedEntry], feed_url: str) -> list[PreparedEntry]:
+    """Return each entry with the feed's own text and safe HTML (links made absolute against the
+    entry's link, else ``feed_url``: the URL the feed was fetched from)."""
     prepared = []
-    for original, entry in zip(given, entries, strict=True):
-        feed_html = entry.content_html or entry.summary_html
-        base_url = entry.url or result.final_url
-        html = clean_html(feed_html, base_url)
+    for item in entries:
+        entry = item.entry
+        html = clean_html(entry.content_html or entry.summary_html, entry.url or feed_url)
         text = clean_html_to_text(html)
         prepared.append(
             PreparedEntry(
                 entry=entry,
-                key=entry_key(entry, repeated),
-                link_key=url_key(entry.url) if entry.url else None,
+                key=item.key,
+                link_key=item.link_key,
                 text=text,
                 html=html if text else "",
                 text_hash=text_hash(text),
                 # Without separate content the summary is the text: not stored twice.
                 summary=html_to_text(entry.summary_html) if entry.content_html else "",
-                dated=entry.published == original.published,
+                dated=item.dated,
             )
         )
-    return PreparedFeed(parsed, tuple(prepared))
+    return prepared
+
+
+def prepare_feed(result: FetchResult, max_entries: int, now: datetime) -> PreparedFeed:
+    """Return the parsed feed with its first ``max_entries`` entries prepared, new or not.
+
+    Raises FetchError("not_a_feed" | "parse") like parser.parse_feed.
+    """
+    identified = identify_feed(result, max_entries, now)
+    return PreparedFeed(identified.feed, tuple(prepare_entries(identified.entries, result.final_url)))
 
 
 def sane_dates(entries: tuple[ParsedEntry, ...], now: datetime) -> tuple[ParsedEntry, ...]:

@@ -18,7 +18,7 @@ from datetime import datetime
 from aggregator.database import create_db_engine
 from aggregator.models import ExtractedPage, FetchResult
 from aggregator.polling import PollLimits, feed_hints, poll_interval, skip_to_allowed
-from aggregator.prepare import PreparedEntry, build_article, prepare_feed
+from aggregator.prepare import IdentifiedEntry, PreparedEntry, build_article, identify_feed, prepare_entries
 from aggregator.store import FeedLocation, FetchRecord, Store
 
 _store: Store | None = None  # this worker process's own connection (see init_worker)
@@ -69,9 +69,10 @@ def ingest(job: FeedJob, store: Store | None = None) -> Ingested:
     """
     store = store or _store
     assert store is not None, "init_worker() was not called"
-    prepared = prepare_feed(job.result, job.max_entries, job.now)
-    parsed = prepared.feed
-    new, known_links = _new_entries(store, job.feed_url, prepared.entries)
+    identified = identify_feed(job.result, job.max_entries, job.now)
+    parsed = identified.feed
+    fresh, known_links = _new_entries(store, job.feed_url, identified.entries)
+    new = prepare_entries(fresh, job.result.final_url)
     hints = feed_hints(
         job.result.cache_control,
         parsed.ttl,
@@ -80,7 +81,7 @@ def ingest(job: FeedJob, store: Store | None = None) -> Ingested:
         parsed.skip_hours,
         parsed.skip_days,
     )
-    dates = [p.entry.published for p in prepared.entries if p.entry.published]
+    dates = [p.entry.published for p in identified.entries if p.entry.published]
     interval = poll_interval(job.limits, hints, dates)
     record = FetchRecord(
         status=job.result.status,
@@ -102,11 +103,11 @@ def ingest(job: FeedJob, store: Store | None = None) -> Ingested:
     )
     if pages:
         return Ingested(
-            len(prepared.entries), warnings=parsed.warnings, new=tuple(new), pages=pages, record=record
+            len(identified.entries), warnings=parsed.warnings, new=tuple(new), pages=pages, record=record
         )
     articles = [build_article(job.feed_url, item, None, item.entry.url or job.feed_url) for item in new]
     added, duplicates = store.store_refresh(job.feed_url, articles, record)
-    return Ingested(len(prepared.entries), added, duplicates, parsed.warnings)
+    return Ingested(len(identified.entries), added, duplicates, parsed.warnings)
 
 
 def finish(
@@ -158,10 +159,10 @@ def extract(
 
 
 def _new_entries(
-    store: Store, feed_url: str, entries: tuple[PreparedEntry, ...]
-) -> tuple[list[PreparedEntry], set[str]]:
+    store: Store, feed_url: str, entries: tuple[IdentifiedEntry, ...]
+) -> tuple[list[IdentifiedEntry], set[str]]:
     """Return the entries not stored yet, and the link keys stored by any feed."""
-    keyed: dict[str, PreparedEntry] = {}
+    keyed: dict[str, IdentifiedEntry] = {}
     for item in entries:
         keyed.setdefault(item.key, item)
     links = [item.link_key for item in keyed.values() if item.link_key]
