@@ -99,7 +99,9 @@ class Article(Base):
     entry_key: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(Text)
     url_key: Mapped[str] = mapped_column(String(64), index=True)
-    # The canonical key of the feed entry's own link (before redirects and rel=canonical).
+    # The canonical key of the feed entry's own link (before redirects and rel=canonical), or NULL
+    # when it is the article's url_key: most entries' link is, and the index then holds only the
+    # links that differ (Store.seen looks in both).
     link_key: Mapped[str | None] = mapped_column(String(64), index=True)
     title: Mapped[str] = mapped_column(Text)
     author: Mapped[str | None] = mapped_column(Text)

@@ -467,7 +467,8 @@ class Store:
                     "entry_key": article.entry_key,
                     "url": article.url,
                     "url_key": key,
-                    "link_key": article.link_key,
+                    # Most entries' link is the article's URL: the index holds only links that differ.
+                    "link_key": article.link_key if article.link_key != key else None,
                     "title": article.title,
                     "author": article.author,
                     "published": article.published,

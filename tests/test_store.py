@@ -94,6 +94,22 @@ def test_articles_are_stored_once_per_entry(store: Store) -> None:
     assert len(store.list_articles()) == 2
 
 
+def test_links_are_seen_whether_or_not_they_are_the_article_url(store: Store) -> None:
+    """A link that is the article's own URL is kept once (its key is the URL's); one that differs
+    (the page named another canonical URL) is kept as the link. Both are seen."""
+    feed = "https://a.example/feed"
+    same = replace(article("k1", "https://a.example/1"), link_key=url_key("https://a.example/1"))
+    moved = replace(article("k2", "https://a.example/canonical/2"), link_key=url_key("https://a.example/2"))
+    assert store_batch(store, feed, [same, moved]) == (2, 0)
+    with Session(store.engine) as session:
+        stored = dict(session.execute(select(Article.entry_key, Article.link_key)).all())
+    assert stored == {"k1": None, "k2": url_key("https://a.example/2")}
+    links = [url_key("https://a.example/1"), url_key("https://a.example/2"), url_key("https://a.example/3")]
+    seen = store.seen(feed, ["k1", "k2"], links)
+    assert seen.feed_links == seen.any_links == set(links[:2])
+    assert store.seen("https://other.example/feed", [], links).any_links == set(links[:2])
+
+
 def test_same_url_or_same_text_in_another_feed_is_a_duplicate(store: Store) -> None:
     first = store_batch(
         store, "https://a.example/feed", [article("a1", "https://news.example/story?utm_source=a", LONG_TEXT)]
