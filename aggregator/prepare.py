@@ -1,5 +1,6 @@
-"""The CPU-bound half of a refresh, run in the worker processes: parse the fetched feed, then for
-each entry work out its identity and the feed's own text and safe HTML.
+"""The CPU-bound half of a refresh, run in the worker processes: parse the fetched feed and work
+out each entry's identity (``identify_feed``); then, for the entries the store lacks, the feed's
+own text and safe HTML (``prepare_entries``).
 
 Keeping all of it in one call means one round trip to a worker per feed, and the service's event
 loop is left with I/O and the database.
@@ -62,12 +63,6 @@ class IdentifiedFeed:
     entries: tuple[IdentifiedEntry, ...]
 
 
-@dataclass(frozen=True)
-class PreparedFeed:
-    feed: ParsedFeed
-    entries: tuple[PreparedEntry, ...]
-
-
 def identify_feed(result: FetchResult, max_entries: int, now: datetime) -> IdentifiedFeed:
     """Return the parsed feed with the identity of its first ``max_entries`` entries: enough to
     ask the store which are new, so that only those are sanitised and hashed
@@ -116,15 +111,6 @@ def prepare_entries(entries: Iterable[IdentifiedEntry], feed_url: str) -> list[P
             )
         )
     return prepared
-
-
-def prepare_feed(result: FetchResult, max_entries: int, now: datetime) -> PreparedFeed:
-    """Return the parsed feed with its first ``max_entries`` entries prepared, new or not.
-
-    Raises FetchError("not_a_feed" | "parse") like parser.parse_feed.
-    """
-    identified = identify_feed(result, max_entries, now)
-    return PreparedFeed(identified.feed, tuple(prepare_entries(identified.entries, result.final_url)))
 
 
 def sane_dates(entries: tuple[ParsedEntry, ...], now: datetime) -> tuple[ParsedEntry, ...]:

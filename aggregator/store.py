@@ -518,7 +518,9 @@ class Store:
         return len(values), duplicates
 
     def _probe_index(self, profiles: Sequence[TextProfile | None]) -> IndexProbe | None:
-        """Look the band keys of ``profiles`` up in the band index, outside the writers' lock."""
+        """Look the band keys of ``profiles`` up in the band index, outside the writers' lock; bring
+        this process's copy of the recent keys up to date first (``RecentIndex``), so that the
+        write reads only what was committed in between."""
         wanted = _wanted_keys(profiles)
         if not wanted:
             return None
