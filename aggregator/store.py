@@ -63,6 +63,9 @@ MAX_CANDIDATES = 8
 # of this (about half a million keys; each process holds them in memory, 8 MB): see
 # schema.RecentBands and RecentIndex.
 MERGE_EVERY = 16_384
+# Rows of the band index a merge inserts in one statement: SQLite ran the half-million one-row
+# inserts of a merge at 0.7 µs a row, the statements of 250 rows at 0.3 µs.
+MERGE_ROWS = 250
 # Any constant shared by all processes (database.py's migration lock is another).
 _INSERT_LOCK = 7_262_042
 
@@ -1113,14 +1116,25 @@ def _merge_recent_bands(session: Session) -> None:
             [len(blob) // 8 for _, blob in rows],
         )
         order = np.lexsort((ids, keys))
-        keys, ids = keys[order], ids[order]
+        # (key, id) pairs side by side, in key order: each statement takes MERGE_ROWS of them.
+        pairs = np.empty(2 * len(keys), dtype=np.int64)
+        pairs[0::2], pairs[1::2] = keys[order], ids[order]
         marker = _marker(connection)
-        statement = f"INSERT INTO article_bands (band_key, article_id) VALUES ({marker}, {marker})"
-        for start in range(0, len(keys), 50_000):  # bounded memory: the rows are Python tuples
-            stop = start + 50_000
-            connection.exec_driver_sql(
-                statement, list(zip(keys[start:stop].tolist(), ids[start:stop].tolist(), strict=True))
-            )
+
+        def insert(rows: int) -> str:
+            values = ", ".join([f"({marker}, {marker})"] * rows)
+            return f"INSERT INTO article_bands (band_key, article_id) VALUES {values}"
+
+        step = 2 * MERGE_ROWS
+        for start in range(0, len(pairs), 100_000):  # bounded memory: the values are Python ints
+            chunk = pairs[start : start + 100_000].tolist()
+            whole = len(chunk) - len(chunk) % step
+            if whole:
+                connection.exec_driver_sql(
+                    insert(MERGE_ROWS), [tuple(chunk[i : i + step]) for i in range(0, whole, step)]
+                )
+            if whole < len(chunk):
+                connection.exec_driver_sql(insert((len(chunk) - whole) // 2), tuple(chunk[whole:]))
     connection.execute(delete(RecentBands))
     connection.execute(update(BandMerges).values(merges=BandMerges.merges + 1))
 

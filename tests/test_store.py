@@ -310,6 +310,33 @@ def test_recent_band_keys_are_merged_and_found_in_both_places(
     assert seen["b1"] == seen["a1#id"] and seen["b2"] == seen["a5#id"]
 
 
+@pytest.mark.parametrize("rows", [3, 250])
+def test_a_merge_moves_every_recent_key_into_the_index(
+    store: Store, monkeypatch: pytest.MonkeyPatch, rows: int
+) -> None:
+    """Several statements of ``rows`` pairs and a shorter last one (3), or one short one (250)."""
+    import aggregator.store
+
+    monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 4)
+    monkeypatch.setattr(aggregator.store, "MERGE_ROWS", rows)
+    names = ["haftar-wire", "fire-wire", "flood-wire", "mine-wire"]
+    with store.engine.connect() as connection:
+        before = connection.execute(select(func.count()).select_from(ArticleBand)).scalar_one()
+    assert before == 0
+    store_batch(store, FEED_A, [copy(f"a{i}", name, FEED_A) for i, name in enumerate(names)])
+    with store.engine.connect() as connection:
+        merged = {
+            tuple(row) for row in connection.execute(select(ArticleBand.band_key, ArticleBand.article_id))
+        }
+    seen = by_key(store)
+    expected = {
+        (key, seen[f"a{i}#id"])
+        for i, name in enumerate(names)
+        for key in set(text_profile(story(name)).band_keys)
+    }
+    assert merged == expected and staged_and_merged(store) == (0, len(expected))
+
+
 def test_each_process_sees_the_recent_keys_and_merges_of_the_others(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
