@@ -49,7 +49,9 @@ def lead_order(published: datetime | None, first_seen: datetime, article_id: int
 
 # A refresh asks for the same URL's canonical form several times (entry identity, link key, article
 # URL) and for the same text's words twice (exact hash, then shingles): pure functions, cached.
-@functools.lru_cache(maxsize=4096)
+# Every poll of a changed feed asks again for all its entries' links: the cache holds those of
+# about 1,600 feeds of 20 entries (about 7 MB), where courlan takes 17 µs a URL.
+@functools.lru_cache(maxsize=32_768)
 def canonical_url(url: str) -> str:
     """Return ``url`` with tracking parameters, fragment and default port removed, query sorted."""
     import courlan
