@@ -13,7 +13,7 @@ import os
 import struct
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -434,7 +434,8 @@ class Store:
         # article, or at an article of the batch (known once it has an id).
         first_by_url: dict[str, int] = {}
         first_by_hash: dict[str, int] = {}
-        by_band: dict[int, list[int]] = {}  # band key -> positions in batch that store it
+        # band key -> the position in batch that stores it, or the positions when several do
+        by_band: dict[int, int | list[int]] = {}
         representatives: list[int | None] = []
         twins: dict[int, int] = {}  # position in batch -> position of its first copy
         banded: dict[int, TextProfile] = {}  # position -> its profile, when its band keys are stored
@@ -460,8 +461,7 @@ class Store:
                 first_by_hash.setdefault(digest, position)
             if profile is not None and not exact_copy:  # an exact copy's keys are stored already
                 banded[position] = profile
-                for band_key in profile.band_keys:
-                    by_band.setdefault(band_key, []).append(position)
+                _add_band_keys(by_band, profile.band_keys, position)
             representatives.append(representative)
             duplicates += representative is not None or position in twins
             values.append(
@@ -888,10 +888,16 @@ def _url_key(article: NewArticle) -> str:
     return article.url_key or url_key(article.url)
 
 
-def _ranked(band_keys: Iterable[int], hits: dict[int, list[int]]) -> list[int]:
+def _ranked(band_keys: Iterable[int], hits: Mapping[int, int | list[int]]) -> list[int]:
     """Return the ids (or positions) sharing a band key: most keys shared first, then earliest;
-    at most MAX_CANDIDATES."""
-    counts = Counter(article for key in band_keys for article in hits.get(key, ()))
+    at most MAX_CANDIDATES. ``hits`` holds an id, or a list of them, for each key."""
+    counts: Counter[int] = Counter()
+    for key in band_keys:
+        held = hits.get(key)
+        if isinstance(held, int):
+            counts[held] += 1
+        elif held:
+            counts.update(held)
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return [article for article, _ in ranked[:MAX_CANDIDATES]]
 
@@ -1186,15 +1192,38 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
         session.execute(update(Article).where(Article.id == lead).values(duplicate_of=None))
 
 
+def _add_band_keys(by_band: dict[int, int | list[int]], keys: Sequence[int], position: int) -> None:
+    """Record that ``position`` stores ``keys``. Under the writers' lock: a key another article
+    of the batch holds is rare (the two tell one story), so the dict's own update, in C, does the
+    rest; a profile that repeats a key counts it each time, as ``_ranked`` expects."""
+    held = {key: by_band[key] for key in by_band.keys() & keys}
+    if len(set(keys)) != len(keys):
+        for key in keys:
+            earlier = held.get(key, by_band.get(key))
+            held[key] = by_band[key] = _with(earlier, position)
+        return
+    by_band.update(zip(keys, repeat(position)))
+    for key, earlier in held.items():
+        by_band[key] = _with(earlier, position)
+
+
+def _with(earlier: int | list[int] | None, position: int) -> int | list[int]:
+    if earlier is None:
+        return position
+    return [*earlier, position] if isinstance(earlier, list) else [earlier, position]
+
+
 def _batch_near_duplicate(
     profile: TextProfile,
-    by_band: dict[int, list[int]],
+    by_band: dict[int, int | list[int]],
     banded: dict[int, TextProfile],
     representatives: Sequence[int | None],
     twins: dict[int, int],
 ) -> int | None:
     """Return the position of the earlier article of the batch whose text ``profile`` nearly
     duplicates and whose story came first (a stored representative before a new one)."""
+    if by_band.keys().isdisjoint(profile.band_keys):  # most articles: nothing to rank
+        return None
     best: tuple[int, int, int] | None = None  # (stored? 0 : 1, id or root position, position)
     for position in _ranked(profile.band_keys, by_band):
         if not is_near_duplicate(profile.shingles, banded[position].shingles):

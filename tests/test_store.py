@@ -18,7 +18,16 @@ from aggregator.digest import build_digest
 from aggregator.errors import StorageError
 from aggregator.models import NewArticle
 from aggregator.schema import Article, ArticleBand, Base, Feed, RecentBands
-from aggregator.store import FetchRecord, IndexProbe, Seen, Store, _stored_near_duplicates, pack_keys
+from aggregator.store import (
+    FetchRecord,
+    IndexProbe,
+    Seen,
+    Store,
+    _add_band_keys,
+    _ranked,
+    _stored_near_duplicates,
+    pack_keys,
+)
 
 from .conftest import free_port
 
@@ -308,6 +317,24 @@ def test_recent_band_keys_are_merged_and_found_in_both_places(
     store_batch(store, FEED_B, [copy("b1", "haftar-herald", FEED_B), copy("b2", "summit-metro", FEED_B)])
     seen = by_key(store)
     assert seen["b1"] == seen["a1#id"] and seen["b2"] == seen["a5#id"]
+
+
+def test_a_batchs_band_keys_rank_as_lists_of_positions_would() -> None:
+    """``_add_band_keys`` keeps one position per key where it can; ``_ranked`` ranks the same."""
+    import random
+
+    rng = random.Random(3)
+    pool = list(range(40))  # few keys, so that articles share them, and some repeat one
+    by_band: dict[int, object] = {}
+    lists: dict[int, list[int]] = {}
+    for position in range(60):
+        keys = tuple(rng.choice(pool) for _ in range(rng.randint(1, 6)))
+        query = tuple(rng.choice(pool) for _ in range(6))
+        assert _ranked(query, by_band) == _ranked(query, lists)  # type: ignore[arg-type]
+        _add_band_keys(by_band, keys, position)  # type: ignore[arg-type]
+        for key in keys:
+            lists.setdefault(key, []).append(position)
+    assert {key: [held] if isinstance(held, int) else held for key, held in by_band.items()} == lists
 
 
 @pytest.mark.parametrize("rows", [3, 250])
