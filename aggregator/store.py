@@ -527,12 +527,15 @@ class Store:
         wanted = _wanted_keys(profiles)
         if not wanted:
             return None
+        recent: dict[int, list[int]] = {}
         with self._session() as session:
             connection = session.connection()
             with self._recent.lock:
                 self._recent.catch_up(connection)
+                self._recent.hits(wanted, recent)
+                at = (self._recent.epoch, self._recent.seen)
             merges = connection.scalar(_BAND_MERGES)
-            return IndexProbe(merges, frozenset(wanted), _index_hits(connection, wanted))
+            return IndexProbe(merges, frozenset(wanted), _index_hits(connection, wanted), recent, at)
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
@@ -942,14 +945,16 @@ class RecentIndex:
     0``) out of each other's way, now that one of them may catch up outside the writers' lock.
     """
 
-    __slots__ = ("fresh", "ids", "keys", "lock", "merges", "seen")
+    __slots__ = ("epoch", "fresh", "ids", "keys", "lock", "merges", "seen")
     CONSOLIDATE_AT = 65_536
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.epoch = 0  # moves whenever what the index holds is rebuilt (reset, consolidated)
         self._reset(None)
 
     def _reset(self, merges: int | None) -> None:
+        self.epoch += 1
         self.merges, self.seen = merges, 0
         self.fresh: dict[int, int | list[int]] = {}
         self.keys: np.ndarray | None = None  # sorted
@@ -996,6 +1001,19 @@ class RecentIndex:
             all_ids = np.concatenate((self.ids, all_ids))
         order = np.argsort(all_keys, kind="stable")
         self.keys, self.ids, self.fresh = all_keys[order], all_ids[order], {}
+        self.epoch += 1
+
+    def peek(self, connection: Connection, wanted: frozenset[int]) -> dict[int, list[int]] | None:
+        """The rows added since the last look that hold any of ``wanted``, key by key, leaving
+        this copy as it is (the next catch-up takes them in, outside the writers' lock); None
+        when a merge came since."""
+        if connection.scalar(_BAND_MERGES) != self.merges:
+            return None
+        found: dict[int, list[int]] = {}
+        for article_id, blob in connection.execute(_RECENT_SINCE, {"seen": self.seen}):
+            for key in wanted.intersection(unpack_keys(bytes(blob))):
+                found.setdefault(key, []).append(article_id)
+        return found
 
     def hits(self, wanted: Sequence[int], into: dict[int, list[int]]) -> None:
         """Add the recent articles holding each of ``wanted`` (sorted, distinct) to ``into``."""
@@ -1017,11 +1035,14 @@ class RecentIndex:
 @dataclass(frozen=True, slots=True)
 class IndexProbe:
     """The band index's articles for some keys, read before the write (``Store._probe_index``),
-    and the count of merges then: only a merge changes the index."""
+    and the count of merges then: only a merge changes the index. With them, the recent articles
+    holding those keys in this process's ``RecentIndex`` then, and where that index stood."""
 
     merges: int | None
     keys: frozenset[int]
     hits: dict[int, list[int]]
+    recent: dict[int, list[int]] | None = None
+    recent_at: tuple[int, int] | None = None  # RecentIndex.epoch and .seen
 
 
 def _index_hits(connection: Connection, wanted: list[int]) -> dict[int, list[int]]:
@@ -1051,13 +1072,15 @@ def _stored_near_duplicates(
     connection = session.connection()
     recent = recent or RecentIndex()  # one made here reads the whole table
     with recent.lock:
-        # Sorting the arrays is left to the next catch-up before the lock (Store._probe_index).
-        recent.catch_up(connection, consolidate=probe is None)
-        if probe is not None and probe.merges == recent.merges and probe.keys.issuperset(wanted):
-            hits = {key: list(ids) for key, ids in probe.hits.items()}
-        else:
-            hits = _index_hits(connection, wanted)
-        recent.hits(wanted, hits)
+        hits = _probed_hits(connection, recent, probe, wanted)
+        if hits is None:
+            # Sorting the arrays is left to the next catch-up before the lock (Store._probe_index).
+            recent.catch_up(connection, consolidate=probe is None)
+            if probe is not None and probe.merges == recent.merges and probe.keys.issuperset(wanted):
+                hits = {key: list(ids) for key, ids in probe.hits.items()}
+            else:
+                hits = _index_hits(connection, wanted)
+            recent.hits(wanted, hits)
     if not hits:
         return found
     candidates = [_ranked(profile.band_keys, hits) if profile else [] for profile in profiles]
@@ -1086,6 +1109,30 @@ def _stored_near_duplicates(
                 best = root
         found[index] = best
     return found
+
+
+def _probed_hits(
+    connection: Connection, recent: RecentIndex, probe: IndexProbe | None, wanted: list[int]
+) -> dict[int, list[int]] | None:
+    """The probe's hits and those of the recent rows committed since, when the probe still holds:
+    no merge came, and this process's copy of the recent keys is where the probe left it (no
+    other thread of the process moved it). None otherwise. Called with ``recent.lock`` held."""
+    if (
+        probe is None
+        or probe.recent is None
+        or probe.recent_at != (recent.epoch, recent.seen)
+        or probe.merges != recent.merges
+        or not probe.keys.issuperset(wanted)
+    ):
+        return None
+    since = recent.peek(connection, probe.keys)
+    if since is None:
+        return None
+    hits = {key: list(ids) for key, ids in probe.hits.items()}
+    for found in (probe.recent, since):
+        for key, ids in found.items():
+            hits.setdefault(key, []).extend(ids)
+    return hits
 
 
 def _delete_band_keys(session: Session, ids: Sequence[int]) -> None:

@@ -401,6 +401,29 @@ def test_each_process_sees_the_recent_keys_and_merges_of_the_others(
         two.close()
 
 
+def test_a_copy_committed_between_the_probe_and_the_write_is_found(database_url: str) -> None:
+    """The probe before the lock holds this process's recent keys; under the lock only the rows
+    committed since are read, without taking them into that copy (the next probe does)."""
+    one, two = Store.open(database_url), Store.open(database_url)
+    try:
+        store_batch(one, FEED_A, [copy("a1", "fire-wire", FEED_A)])
+        profile = text_profile(story("haftar-herald"))
+        assert profile is not None
+        probe = one._probe_index([profile])
+        assert probe is not None and probe.recent == {}
+        seen = one._recent.seen
+        store_batch(two, FEED_B, [copy("b1", "haftar-wire", FEED_B)])  # after the probe
+        with one._writing() as session:
+            found = _stored_near_duplicates(session, [profile], one._recent, probe)
+        assert found == [by_key(two)["b1#id"]]
+        assert one._recent.seen == seen  # read under the lock, not taken in
+        assert store_batch(one, FEED_A, [copy("a2", "haftar-metro", FEED_A)]) == (1, 1)
+        assert one._recent.seen > seen
+    finally:
+        one.close()
+        two.close()
+
+
 def test_recent_keys_of_deleted_articles_are_dropped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     import aggregator.store
 
