@@ -531,10 +531,9 @@ class Store:
         with self._session() as session:
             connection = session.connection()
             with self._recent.lock:
-                self._recent.catch_up(connection)
+                self._recent.catch_up(connection)  # reads the count of merges too
                 self._recent.hits(wanted, recent)
-                at = (self._recent.epoch, self._recent.seen)
-            merges = connection.scalar(_BAND_MERGES)
+                merges, at = self._recent.merges, (self._recent.epoch, self._recent.seen)
             return IndexProbe(merges, frozenset(wanted), _index_hits(connection, wanted), recent, at)
 
     @contextmanager
@@ -968,13 +967,7 @@ class RecentIndex:
             self._reset(merges)
         fresh = self.fresh
         for article_id, blob in connection.execute(_RECENT_SINCE, {"seen": self.seen}):
-            keys = unpack_keys(bytes(blob))
-            # A key another article holds is rare (the two tell one story): the dict's own
-            # update, in C, takes the rest.
-            held = {key: fresh[key] for key in fresh.keys() & keys}
-            fresh.update(zip(keys, repeat(article_id)))
-            for key, earlier in held.items():
-                fresh[key] = [*earlier, article_id] if isinstance(earlier, list) else [earlier, article_id]
+            _add_band_keys(fresh, unpack_keys(bytes(blob)), article_id)
             self.seen = article_id
         if consolidate and len(fresh) >= self.CONSOLIDATE_AT:
             self._consolidate()
@@ -1239,25 +1232,26 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
         session.execute(update(Article).where(Article.id == lead).values(duplicate_of=None))
 
 
-def _add_band_keys(by_band: dict[int, int | list[int]], keys: Sequence[int], position: int) -> None:
-    """Record that ``position`` stores ``keys``. Under the writers' lock: a key another article
-    of the batch holds is rare (the two tell one story), so the dict's own update, in C, does the
-    rest; a profile that repeats a key counts it each time, as ``_ranked`` expects."""
+def _add_band_keys(by_band: dict[int, int | list[int]], keys: Sequence[int], holder: int) -> None:
+    """Record that ``holder`` (an article id, or a position in a batch) has ``keys``: each key maps
+    to its one holder, or to a list when several have it. A key another article holds is rare
+    (the two tell one story), so the dict's own update, in C, does the rest; keys that repeat
+    count each time, as ``_ranked`` expects."""
     held = {key: by_band[key] for key in by_band.keys() & keys}
     if len(set(keys)) != len(keys):
         for key in keys:
             earlier = held.get(key, by_band.get(key))
-            held[key] = by_band[key] = _with(earlier, position)
+            held[key] = by_band[key] = _with(earlier, holder)
         return
-    by_band.update(zip(keys, repeat(position)))
+    by_band.update(zip(keys, repeat(holder)))
     for key, earlier in held.items():
-        by_band[key] = _with(earlier, position)
+        by_band[key] = _with(earlier, holder)
 
 
-def _with(earlier: int | list[int] | None, position: int) -> int | list[int]:
+def _with(earlier: int | list[int] | None, holder: int) -> int | list[int]:
     if earlier is None:
-        return position
-    return [*earlier, position] if isinstance(earlier, list) else [earlier, position]
+        return holder
+    return [*earlier, holder] if isinstance(earlier, list) else [earlier, holder]
 
 
 def _batch_near_duplicate(
