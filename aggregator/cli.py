@@ -172,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from aggregator.fetcher import Fetcher
-    from aggregator.pipeline import Pipeline
+    from aggregator.pipeline import Pipeline, start_workers
     from aggregator.store import Store
 
     settings = _settings(args)
@@ -188,29 +188,35 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if not feeds:
         print(f"no feeds configured in {settings.feeds_file}", file=sys.stderr)
         return 0
-    store = Store.open(settings.database_url)
-    if not args.feed:
-        # A feed that answered 410 Gone is only fetched again when named with --feed.
-        gone = {s.url for s in store.feed_statuses([(f.url, f.url) for f in feeds]) if s.gone}
-        if gone:
-            print(f"skipping {len(gone)} gone feeds (410): see `aggregator feeds`", file=sys.stderr)
-            feeds = [f for f in feeds if f.url not in gone]
-    progress = Progress(len(feeds), sys.stderr)
-    started = datetime.now(UTC)
-
-    async def go() -> list[RefreshOutcome]:
-        async with Fetcher(settings.fetch) as fetcher:
-            pipeline = Pipeline(settings, store, fetcher)
-            try:
-                return await pipeline.refresh_all(feeds, on_done=progress.advance)
-            finally:
-                pipeline.close()
-
+    # Before the database is opened, so that the workers can be forked (see start_workers).
+    workers = start_workers(settings, fork=True)
     try:
-        outcomes = asyncio.run(go())
+        store = Store.open(settings.database_url)
+        if not args.feed:
+            # A feed that answered 410 Gone is only fetched again when named with --feed.
+            gone = {s.url for s in store.feed_statuses([(f.url, f.url) for f in feeds]) if s.gone}
+            if gone:
+                print(f"skipping {len(gone)} gone feeds (410): see `aggregator feeds`", file=sys.stderr)
+                feeds = [f for f in feeds if f.url not in gone]
+        progress = Progress(len(feeds), sys.stderr)
+        started = datetime.now(UTC)
+
+        async def go() -> list[RefreshOutcome]:
+            async with Fetcher(settings.fetch) as fetcher:
+                pipeline = Pipeline(settings, store, fetcher, workers=workers)
+                try:
+                    return await pipeline.refresh_all(feeds, on_done=progress.advance)
+                finally:
+                    pipeline.close()
+
+        try:
+            outcomes = asyncio.run(go())
+        finally:
+            progress.close()
+            store.close()
     finally:
-        progress.close()
-        store.close()
+        if workers is not None:
+            workers.shutdown(cancel_futures=True)  # closed already unless the pass never began
     for outcome in outcomes:
         if not outcome.ok:
             status = f" HTTP {outcome.status}" if outcome.status else ""

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+
 import pytest
 from pytest_httpserver import HTTPServer
 
 from aggregator.config import Settings, load_settings
 from aggregator.errors import ConfigError
 from aggregator.models import StoredArticle
+from aggregator.pipeline import start_workers
 
 from .conftest import ConfigWriter, base_url, fixture_text, refresh, stored_articles
 
@@ -122,3 +128,44 @@ def test_oversized_page_falls_back(httpserver: HTTPServer, write_config: ConfigW
     assert outcome.ok
     (article,) = stored(settings).values()
     assert article.extraction == "feed"
+
+
+def test_fetch_forks_its_workers_before_it_opens_the_database(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    page = fixture_text("pages/gazette-haftar.html")
+    feed = serve_pages(httpserver, {"/story": (page, "text/html"), "/other": (page, "text/html")})
+    config = write_config(feeds=[{"url": feed}], extract={"workers": 2})
+    # A command of its own: this test process runs the HTTP server's thread, and start_workers
+    # does not fork a process that runs threads.
+    done = subprocess.run(
+        [sys.executable, "-m", "aggregator", "fetch", "--log-level", "debug", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "started worker processes=2 method=fork" in done.stderr
+    articles = stored(load_settings(config, environ={}))
+    assert sorted(articles) == ["other", "story"]
+    assert all(a.extraction == "page" and "General Khalifa Haftar" in a.text for a in articles.values())
+
+
+def test_workers_are_spawned_in_a_process_that_runs_threads(write_config: ConfigWriter) -> None:
+    settings = load_settings(write_config(extract={"workers": 1}), environ={})
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        pool = start_workers(settings, fork=True)
+        assert pool is not None
+        try:
+            assert pool._mp_context.get_start_method() == "spawn"  # type: ignore[attr-defined]
+            assert pool.submit(os.getpid).result(timeout=60) != os.getpid()
+        finally:
+            pool.shutdown()
+    finally:
+        stop.set()
+        other.join()
+    assert start_workers(load_settings(write_config(extract={"workers": 0}), environ={}), fork=True) is None
