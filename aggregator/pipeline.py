@@ -368,7 +368,7 @@ def start_workers(settings: Settings, *, fork: bool = False) -> Executor | None:
         return None
     fork = fork and sys.platform == "linux" and threading.active_count() == 1
     if fork:
-        _import_worker_modules()
+        _import_worker_modules(settings)
     count = workers or os.cpu_count() or 1
     method = "fork" if fork else "spawn"
     pool = ProcessPoolExecutor(
@@ -384,10 +384,13 @@ def start_workers(settings: Settings, *, fork: bool = False) -> Executor | None:
     return pool
 
 
-def _import_worker_modules() -> None:
-    """Import what the workers use on first use, so that forked workers inherit it."""
+def _import_worker_modules(settings: Settings) -> None:
+    """Import what the workers import on first use, so that forked workers inherit it."""
     import courlan  # noqa: F401
     import numpy  # noqa: F401
+
+    if settings.extract.enabled:
+        import aggregator.extractor  # noqa: F401  (trafilatura)
 
 
 def retry_delay(
