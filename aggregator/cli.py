@@ -172,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from aggregator.fetcher import Fetcher
-    from aggregator.pipeline import Pipeline, start_workers
+    from aggregator.pipeline import Pipeline, start_workers, will_parse
     from aggregator.store import Store
 
     settings = _settings(args)
@@ -188,16 +188,22 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if not feeds:
         print(f"no feeds configured in {settings.feeds_file}", file=sys.stderr)
         return 0
-    # Before the database is opened, so that the workers can be forked (see start_workers).
-    workers = start_workers(settings, fork=True)
+    store = Store.open(settings.database_url)
+    workers = None
     try:
-        store = Store.open(settings.database_url)
+        states = store.feed_states([f.url for f in feeds])
         if not args.feed:
             # A feed that answered 410 Gone is only fetched again when named with --feed.
-            gone = {s.url for s in store.feed_statuses([(f.url, f.url) for f in feeds]) if s.gone}
+            gone = {url for url, state in states.items() if state.gone}
             if gone:
                 print(f"skipping {len(gone)} gone feeds (410): see `aggregator feeds`", file=sys.stderr)
                 feeds = [f for f in feeds if f.url not in gone]
+        if any(will_parse(states.get(f.url)) for f in feeds):
+            # Before the pass starts a thread, and with no database connection open, so that
+            # the workers can be forked (see start_workers). A pass that may be all 304s starts
+            # none: it spawns them if a feed does change.
+            store.engine.dispose()
+            workers = start_workers(settings, fork=True)
         progress = Progress(len(feeds), sys.stderr)
         started = datetime.now(UTC)
 
@@ -213,8 +219,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             outcomes = asyncio.run(go())
         finally:
             progress.close()
-            store.close()
     finally:
+        store.close()
         if workers is not None:
             workers.shutdown(cancel_futures=True)  # closed already unless the pass never began
     for outcome in outcomes:

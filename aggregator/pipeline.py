@@ -353,12 +353,18 @@ class Pipeline:
         return RefreshOutcome(feed.url, ok=False, status=exc.status, error_kind=exc.kind, error=message)
 
 
+def will_parse(state: FeedState | None) -> bool:
+    """True when the feed's next poll is sure to bring a document to parse: it was never
+    fetched, or it keeps no validators for a conditional request."""
+    return state is None or not (state.etag or state.last_modified)
+
+
 def start_workers(settings: Settings, *, fork: bool = False) -> Executor | None:
     """Start the worker processes (``extract.workers``; none for 0) and return their pool.
 
-    ``fork=True`` is for a caller that has opened no database connection yet (``aggregator
-    fetch``, first thing): when this process also runs no other thread, on Linux, the workers
-    are forked. They start at once with every module this process imported, instead of each
+    ``fork=True`` is for a caller that holds no database connection (``aggregator fetch``,
+    before its pass): when this process also runs no other thread, on Linux, the workers are
+    forked. They start at once with every module this process imported, instead of each
     starting an interpreter and importing it all again (about 0.5 s of CPU a worker, and the
     pass waited that long for its first feed). Otherwise they are spawned: a forked child
     inherits the locks other threads hold and SQLite's record of the locks this process holds.

@@ -141,7 +141,8 @@ def end_to_end(data: Path, feeds: int = 10, latency_ms: int = 50) -> dict[str, A
 
 
 def startup_cpu_seconds(workers: int) -> float:
-    """CPU time to start the command's interpreter and its worker processes (imports)."""
+    """CPU time to start the command's interpreter and its worker processes (imports; forked
+    workers import nothing)."""
 
     def cpu(code: str) -> float:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -149,6 +150,9 @@ def startup_cpu_seconds(workers: int) -> float:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
+    if sys.platform == "linux":
+        # `aggregator fetch` imports the workers' modules, then forks them (pipeline.start_workers).
+        return cpu("import aggregator.cli, aggregator.pipeline, aggregator.extractor, courlan, numpy")
     main = cpu("import aggregator.cli, aggregator.pipeline, aggregator.store")
     worker = cpu("import aggregator.worker, aggregator.extractor")
     return main + workers * worker

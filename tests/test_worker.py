@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
 
 from aggregator.config import Settings, load_settings
 from aggregator.errors import ConfigError
@@ -130,14 +132,9 @@ def test_oversized_page_falls_back(httpserver: HTTPServer, write_config: ConfigW
     assert article.extraction == "feed"
 
 
-def test_fetch_forks_its_workers_before_it_opens_the_database(
-    httpserver: HTTPServer, write_config: ConfigWriter
-) -> None:
-    page = fixture_text("pages/gazette-haftar.html")
-    feed = serve_pages(httpserver, {"/story": (page, "text/html"), "/other": (page, "text/html")})
-    config = write_config(feeds=[{"url": feed}], extract={"workers": 2})
-    # A command of its own: this test process runs the HTTP server's thread, and start_workers
-    # does not fork a process that runs threads.
+def fetch_command(config: Path) -> str:
+    """`aggregator fetch` in a process of its own, returning its log: this test process runs the
+    HTTP server's thread, and start_workers does not fork a process that runs threads."""
     done = subprocess.run(
         [sys.executable, "-m", "aggregator", "fetch", "--log-level", "debug", "--config", str(config)],
         capture_output=True,
@@ -146,10 +143,41 @@ def test_fetch_forks_its_workers_before_it_opens_the_database(
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert done.returncode == 0, done.stderr
-    assert "started worker processes=2 method=fork" in done.stderr
-    articles = stored(load_settings(config, environ={}))
-    assert sorted(articles) == ["other", "story"]
-    assert all(a.extraction == "page" and "General Khalifa Haftar" in a.text for a in articles.values())
+    return done.stderr
+
+
+def test_fetch_forks_its_workers_when_a_feed_will_be_parsed(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    page = fixture_text("pages/gazette-haftar.html")
+    serve_pages(httpserver, {"/story": (page, "text/html"), "/other": (page, "text/html")})
+    base = base_url(httpserver)
+    version = {"etag": '"1"', "items": ["story"]}
+
+    def feed(request: Request) -> Response:
+        if request.headers.get("If-None-Match") == version["etag"]:
+            return Response(status=304, headers={"ETag": version["etag"]})
+        items = "".join(ITEM.format(title=t, base=base, path=f"/{t}") for t in version["items"])
+        return Response(
+            RSS.format(base=base, items=items),
+            content_type="application/rss+xml",
+            headers={"ETag": version["etag"]},
+        )
+
+    httpserver.expect_request("/etag-feed").respond_with_handler(feed)
+    config = write_config(feeds=[{"url": httpserver.url_for("/etag-feed")}], extract={"workers": 2})
+    settings = load_settings(config, environ={})
+
+    # Never fetched: the workers are forked before the pass, and extract the page.
+    assert "started worker processes=2 method=fork" in fetch_command(config)
+    (article,) = stored(settings).values()
+    assert article.extraction == "page" and "General Khalifa Haftar" in article.text
+    # Every feed keeps an ETag, and answers 304: no worker is started.
+    assert "started worker processes" not in fetch_command(config)
+    # The feed changed after all: workers are spawned once it has been fetched.
+    version.update(etag='"2"', items=["story", "other"])
+    assert "started worker processes=2 method=spawn" in fetch_command(config)
+    assert sorted(stored(settings)) == ["other", "story"]
 
 
 def test_workers_are_spawned_in_a_process_that_runs_threads(write_config: ConfigWriter) -> None:
