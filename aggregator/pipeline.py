@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -256,6 +257,7 @@ class Pipeline:
             return None, result.final_url
         limit = self.settings.extract.timeout.total_seconds()
         started = time.monotonic()
+        pool = self._pool()
         try:
             # The worker gives up at the limit itself; this wait is the backstop for a worker
             # stuck in C code that the alarm cannot interrupt.
@@ -264,6 +266,13 @@ class Pipeline:
             )
         except TimeoutError:
             log.warning("extraction timed out url=%s limit=%ss", url, limit)
+            if pool is not None:
+                # Stuck, the worker would keep its core for good: the pool's workers are killed
+                # and replaced, and the jobs the others held run again in the new pool.
+                self._discard(pool, kill=True)
+            return None, result.final_url
+        except BrokenProcessPool:
+            log.warning("extraction killed its worker process twice url=%s", url)
             return None, result.final_url
         finally:
             metrics.count("aggregator_extraction_seconds_total", time.monotonic() - started)
@@ -294,13 +303,40 @@ class Pipeline:
         pool = self._pool()
         if pool is None:
             return await asyncio.to_thread(function, *args, self.store)
-        return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+        return await self._in_pool(pool, functools.partial(function, *args))
 
     async def _cpu(self, function: Callable[..., T], *args: Any) -> T:
         """Run a pure CPU-bound function in the worker processes (or a thread)."""
         pool = self._pool()
         call = functools.partial(function, *args)
-        return await asyncio.get_running_loop().run_in_executor(pool, call)
+        if pool is None:
+            return await asyncio.to_thread(call)
+        return await self._in_pool(pool, call)
+
+    async def _in_pool(self, pool: Executor, call: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, call)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory, a crash in C code), and every job the pool
+            # held failed with it, most through no fault of their own: a new pool runs this
+            # one again. A job that kills its worker a second time fails for good.
+            self._discard(pool)
+            return await loop.run_in_executor(self._pool(), call)
+
+    def _discard(self, pool: Executor, *, kill: bool = False) -> None:
+        """Stop using ``pool`` (broken, or holding a stuck worker); the next job starts another."""
+        if self._executor is pool:
+            self._executor = None
+            log.warning("worker processes replaced: %s", "one was stuck" if kill else "one died")
+        if kill:
+            # No public way to stop a pool's processes before Python 3.14 (kill_workers).
+            processes = getattr(pool, "_processes", None) or {}
+            for process in list(processes.values()):
+                process.kill()
+        # Not cancel_futures: a cancelled job would cancel the refresh awaiting it, where a
+        # failed one is run again in the new pool.
+        pool.shutdown(wait=False)
 
     def _pool(self) -> Executor | None:
         workers = self.settings.extract.workers

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,8 +18,10 @@ from werkzeug import Request, Response
 
 from aggregator.config import Settings, load_settings
 from aggregator.errors import ConfigError
-from aggregator.models import StoredArticle
-from aggregator.pipeline import start_workers
+from aggregator.fetcher import Fetcher
+from aggregator.models import RefreshOutcome, StoredArticle
+from aggregator.pipeline import Pipeline, start_workers
+from aggregator.store import Store
 
 from .conftest import ConfigWriter, base_url, fixture_text, refresh, stored_articles
 
@@ -197,3 +203,118 @@ def test_workers_are_spawned_in_a_process_that_runs_threads(write_config: Config
         stop.set()
         other.join()
     assert start_workers(load_settings(write_config(extract={"workers": 0}), environ={}), fork=True) is None
+
+
+def worker_pids() -> list[int]:
+    """This process's spawned worker processes, from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def serve_story_with(httpserver: HTTPServer, on_first_request: Callable[[], None]) -> tuple[str, list[str]]:
+    """A feed of the entries named in the list returned (one, "story", to begin with), each a
+    page; the story's page, on its first request, first runs ``on_first_request``."""
+    page = fixture_text("pages/gazette-haftar.html")
+    base = base_url(httpserver)
+    entries = ["story"]
+    served: list[bool] = []
+
+    def feed(request: Request) -> Response:
+        items = "".join(ITEM.format(title=name, base=base, path=f"/{name}") for name in entries)
+        return Response(RSS.format(base=base, items=items), content_type="application/rss+xml")
+
+    def story(request: Request) -> Response:
+        if not served:
+            served.append(True)
+            on_first_request()
+        return Response(page, content_type="text/html")
+
+    httpserver.expect_request("/feed").respond_with_handler(feed)
+    httpserver.expect_request("/story").respond_with_handler(story)
+    httpserver.expect_request("/later").respond_with_data(page, content_type="text/html")
+    return httpserver.url_for("/feed"), entries
+
+
+def refresh_twice(settings: Settings, between: Callable[[], None]) -> list[list[RefreshOutcome]]:
+    """Two passes with one Pipeline, as the service makes them: the pool outlives a pass."""
+    store = Store.open(settings.database_url)
+
+    async def go() -> list[list[RefreshOutcome]]:
+        async with Fetcher(settings.fetch) as fetcher:
+            pipeline = Pipeline(settings, store, fetcher)
+            try:
+                first = await pipeline.refresh_all(settings.feeds)
+                between()
+                return [first, await pipeline.refresh_all(settings.feeds)]
+            finally:
+                pipeline.close()
+
+    try:
+        return asyncio.run(asyncio.wait_for(go(), 60))  # a pool left with a stuck worker hangs
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_killed_worker_is_replaced_and_its_jobs_run_again(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        (pid, *_) = worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+        time.sleep(0.5)  # the pool sees its worker die before the page reaches it
+
+    feed, entries = serve_story_with(httpserver, kill_a_worker)
+    settings = load_settings(write_config(feeds=[{"url": feed}], extract={"workers": 2}), environ={})
+    first, second = refresh_twice(settings, lambda: entries.append("later"))
+    assert killed and killed[0] not in worker_pids()
+    assert first[0].ok and first[0].new_articles == 1, first
+    assert second[0].ok and second[0].new_articles == 1, second
+    articles = stored(settings)
+    assert sorted(articles) == ["later", "story"]
+    # The story's extraction failed with the worker that died, and ran again in the new pool.
+    assert all(a.extraction == "page" and "General Khalifa Haftar" in a.text for a in articles.values())
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_stuck_worker_is_killed_and_the_pool_carries_on(
+    httpserver: HTTPServer, write_config: ConfigWriter
+) -> None:
+    stopped: list[int] = []
+
+    def stop_the_worker() -> None:
+        # Stopped, it cannot take its own alarm: as stuck as a worker in C code gets.
+        (pid,) = worker_pids()
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+
+    feed, entries = serve_story_with(httpserver, stop_the_worker)
+    config = write_config(feeds=[{"url": feed}], extract={"workers": 1, "timeout": "500ms"})
+    settings = load_settings(config, environ={})
+    started = time.monotonic()
+    try:
+        first, second = refresh_twice(settings, lambda: entries.append("later"))
+    finally:
+        for pid in set(stopped) & set(worker_pids()):
+            os.kill(pid, signal.SIGKILL)  # left stopped by a failure: not for the next tests
+    assert time.monotonic() - started < 30
+    assert stopped and stopped[0] not in worker_pids()  # killed, not left stopped
+    assert first[0].ok and first[0].new_articles == 1, first
+    assert second[0].ok and second[0].new_articles == 1, second
+    articles = stored(settings)
+    assert articles["story"].extraction == "feed"  # the stuck page: the feed's own text
+    assert articles["later"].extraction == "page"  # extracted by the worker that replaced it
