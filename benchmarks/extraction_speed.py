@@ -151,8 +151,11 @@ def startup_cpu_seconds(workers: int) -> float:
         return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     if sys.platform == "linux":
-        # `aggregator fetch` imports the workers' modules, then forks them (pipeline.start_workers).
-        return cpu("import aggregator.cli, aggregator.pipeline, aggregator.extractor, courlan, numpy")
+        # `aggregator fetch` forks its workers (pipeline.start_workers) once it has imported
+        # these; each worker then imports the extractor on top of them.
+        command = "import aggregator.cli, aggregator.pipeline, courlan, numpy"
+        main = cpu(command)
+        return main + workers * max(0.0, cpu(command + ", aggregator.extractor") - main)
     main = cpu("import aggregator.cli, aggregator.pipeline, aggregator.store")
     worker = cpu("import aggregator.worker, aggregator.extractor")
     return main + workers * worker
