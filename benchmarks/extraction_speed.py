@@ -142,7 +142,7 @@ def end_to_end(data: Path, feeds: int = 10, latency_ms: int = 50) -> dict[str, A
 
 def startup_cpu_seconds(workers: int) -> float:
     """CPU time to start the command's interpreter and its worker processes (imports; forked
-    workers import nothing)."""
+    workers import only what the command has not)."""
 
     def cpu(code: str) -> float:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
