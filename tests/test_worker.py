@@ -153,7 +153,7 @@ def fetch_command(config: Path) -> str:
 
 
 def test_fetch_forks_its_workers_when_a_feed_will_be_parsed(
-    httpserver: HTTPServer, write_config: ConfigWriter
+    httpserver: HTTPServer, write_config: ConfigWriter, database_url: str
 ) -> None:
     page = fixture_text("pages/gazette-haftar.html")
     serve_pages(httpserver, {"/story": (page, "text/html"), "/other": (page, "text/html")})
@@ -171,7 +171,9 @@ def test_fetch_forks_its_workers_when_a_feed_will_be_parsed(
         )
 
     httpserver.expect_request("/etag-feed").respond_with_handler(feed)
-    config = write_config(feeds=[{"url": httpserver.url_for("/etag-feed")}], extract={"workers": 2})
+    config = write_config(
+        feeds=[{"url": httpserver.url_for("/etag-feed")}], extract={"workers": 2}, database_url=database_url
+    )
     settings = load_settings(config, environ={})
 
     # Never fetched: the workers are forked before the pass, and extract the page.
