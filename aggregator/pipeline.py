@@ -300,10 +300,9 @@ class Pipeline:
 
     async def _in_worker(self, function: Callable[..., T], *args: Any) -> T:
         """Run a worker.py step: in a worker process, or in a thread given our own Store."""
-        pool = self._pool()
-        if pool is None:
+        if self._pool() is None:
             return await asyncio.to_thread(function, *args, self.store)
-        return await self._in_pool(pool, functools.partial(function, *args))
+        return await self._cpu(function, *args)
 
     async def _cpu(self, function: Callable[..., T], *args: Any) -> T:
         """Run a pure CPU-bound function in the worker processes (or a thread)."""
