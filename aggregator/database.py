@@ -77,8 +77,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_pragmas_no_checkpoints(dbapi_connection: Any, record: Any) -> None:
     # A commit that crosses the log's threshold (1,000 pages) copies the log into the database
-    # and syncs both, while the writers' lock is held: the refresh workers leave that to a
-    # checkpoint outside the lock (pipeline.py), which takes no writer's time.
+    # and syncs both, while the writers' lock is held: the refresh workers leave that to the
+    # pipeline's checkpoints (Store.checkpoint), which copy most of the log outside the lock.
     _sqlite_pragmas(dbapi_connection, record)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA wal_autocheckpoint=0")

@@ -268,13 +268,23 @@ class Store:
         return claimed
 
     def checkpoint(self) -> None:
-        """Copy SQLite's write-ahead log into the database without waiting for any reader or
-        writer (PASSIVE); nothing to do on PostgreSQL."""
+        """Copy SQLite's write-ahead log into the database, most of it without waiting for any
+        reader or writer (PASSIVE), then the rest in the writers' lock, so that the next writer
+        starts the log afresh; nothing to do on PostgreSQL.
+
+        A checkpoint that runs beside the writers never catches up with them: the log grew by
+        every commit of a pass (360 MB in a 1,000-feed pass), and every page a statement read
+        was looked for in a longer index of it, and every commit wrote further into a growing
+        file. The second copy is of the frames written during the first: 15–35 ms, once a
+        second, against 0.5 ms of a feed's commit saved.
+        """
         if self.engine.dialect.name != "sqlite":
             return
         try:
             with self.engine.connect() as connection:
                 connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+                with self._write_lock or nullcontext(), self._file_lock():
+                    connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
         except OperationalError as exc:
             raise StorageError(f"checkpoint of the database failed: {exc}") from None
 

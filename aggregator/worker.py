@@ -27,7 +27,7 @@ _store: Store | None = None  # this worker process's own connection (see init_wo
 def init_worker(database_url: str) -> None:
     """Open the worker process's database connection (the pool's initializer)."""
     global _store
-    # The pipeline checkpoints SQLite's log outside the writers' lock (Pipeline._checkpoints).
+    # The pipeline checkpoints SQLite's log, mostly outside the writers' lock (Pipeline._checkpoints).
     _store = Store(create_db_engine(database_url, checkpoints=False))
 
 

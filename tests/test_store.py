@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -793,3 +794,42 @@ def test_staged_band_keys_move_into_the_index_and_back(database_url: str) -> Non
         assert staged == BANDS
     finally:
         store.close()
+
+
+def test_a_checkpoint_beside_a_busy_writer_lets_the_log_start_afresh(tmp_path: Path) -> None:
+    """While a worker process writes without pause, the pipeline's checkpoints keep SQLite's
+    write-ahead log short: the rest of each copy is made in the writers' lock, so that the next
+    writer starts the log from its beginning instead of writing on at its end."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    Store.open(url).close()
+    checkpointer = Store(create_db_engine(url))
+    writer = Store(create_db_engine(url, checkpoints=False))  # as worker.init_worker makes it
+    with writer._writing() as session:
+        session.execute(text("CREATE TABLE scratch (body BLOB)"))
+    block, writes = b"x" * 8192, 3000
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for _ in range(writes):
+                with writer._writing() as session:
+                    session.execute(text("INSERT INTO scratch VALUES (:body)"), {"body": block})
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    frames: list[int] = []
+    with checkpointer.engine.connect() as connection:
+        for _ in range(10_000):  # bounded; the writer is done in a few seconds
+            if done.wait(0.005):  # the pipeline checkpoints once a second, between the writes
+                break
+            checkpointer.checkpoint()
+            frames.append(connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()[0][1])
+    thread.join(60)
+    assert not thread.is_alive()
+    # The frame count falls when the log starts afresh; written on at its end, it only grows.
+    restarts = sum(later < earlier for earlier, later in pairwise(frames))
+    assert restarts >= 2, frames
+    checkpointer.close()
+    writer.close()
