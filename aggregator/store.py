@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import repeat
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import (
@@ -544,7 +544,9 @@ class Store:
                 self._recent.catch_up(connection)  # reads the count of merges too
                 self._recent.hits(wanted, recent)
                 merges, at = self._recent.merges, (self._recent.epoch, self._recent.seen)
-            return IndexProbe(merges, frozenset(wanted), _index_hits(connection, wanted), recent, at)
+            hits = _index_hits(connection, wanted)
+            profiled = sum(profile is not None for profile in profiles)
+            return IndexProbe(merges, frozenset(wanted), hits, recent, at, wanted, profiled)
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
@@ -972,15 +974,29 @@ class RecentIndex:
     def catch_up(self, connection: Connection, consolidate: bool = True) -> None:
         """Read the rows added since the last look (all of them after a merge); with
         ``consolidate``, move the dict into the arrays once it is large. Called with ``lock`` held."""
-        merges = connection.scalar(_BAND_MERGES)
+        merges, rows = _recent_since(connection, self.seen)
         if merges != self.merges:
             self._reset(merges)
-        fresh = self.fresh
-        for article_id, blob in connection.execute(_RECENT_SINCE, {"seen": self.seen}):
-            _add_band_keys(fresh, unpack_keys(bytes(blob)), article_id)
-            self.seen = article_id
-        if consolidate and len(fresh) >= self.CONSOLIDATE_AT:
+            merges, rows = _recent_since(connection, self.seen)
+        if rows:
+            self._add_rows(rows)
+        if consolidate and len(self.fresh) >= self.CONSOLIDATE_AT:
             self._consolidate()
+
+    def _add_rows(self, rows: list[tuple[int, bytes]]) -> None:
+        """Take in rows read by ``_recent_since``: the keys of all of them in one update of the
+        dict when none is held already (the rows are of other stories, as a rule), else row by
+        row, as ``_add_band_keys`` records repeats."""
+        fresh = self.fresh
+        keys = [unpack_keys(bytes(blob)) for _, blob in rows]
+        every = list(chain.from_iterable(keys))
+        if fresh.keys().isdisjoint(every) and len(set(every)) == len(every):
+            ids = (repeat(article_id, len(held)) for (article_id, _), held in zip(rows, keys, strict=True))
+            fresh.update(zip(every, chain.from_iterable(ids), strict=True))
+        else:
+            for (article_id, _), held in zip(rows, keys, strict=True):
+                _add_band_keys(fresh, held, article_id)
+        self.seen = rows[-1][0]
 
     def _consolidate(self) -> None:
         import numpy as np
@@ -1010,10 +1026,11 @@ class RecentIndex:
         """The rows added since the last look that hold any of ``wanted``, key by key, leaving
         this copy as it is (the next catch-up takes them in, outside the writers' lock); None
         when a merge came since."""
-        if connection.scalar(_BAND_MERGES) != self.merges:
+        merges, rows = _recent_since(connection, self.seen)
+        if merges != self.merges:
             return None
         found: dict[int, list[int]] = {}
-        for article_id, blob in connection.execute(_RECENT_SINCE, {"seen": self.seen}):
+        for article_id, blob in rows:
             for key in wanted.intersection(unpack_keys(bytes(blob))):
                 found.setdefault(key, []).append(article_id)
         return found
@@ -1046,6 +1063,10 @@ class IndexProbe:
     hits: dict[int, list[int]]
     recent: dict[int, list[int]] | None = None
     recent_at: tuple[int, int] | None = None  # RecentIndex.epoch and .seen
+    # The keys sorted, and how many profiles had them: the write looks up a subset of those
+    # profiles, and when it is as many, it is all of them and the same keys.
+    wanted: list[int] | None = None
+    profiled: int = 0
 
 
 def _index_hits(connection: Connection, wanted: list[int]) -> dict[int, list[int]]:
@@ -1069,7 +1090,11 @@ def _stored_near_duplicates(
     looked up in the index (``probe``, unless a merge came since) and among the recent articles
     in memory, then one query for the candidates' texts."""
     found: list[int | None] = [None] * len(profiles)
-    wanted = _wanted_keys(profiles)
+    profiled = len(profiles) - list(profiles).count(None)
+    if probe is not None and probe.wanted is not None and probe.profiled == profiled:
+        wanted = probe.wanted
+    else:
+        wanted = _wanted_keys(profiles)
     if not wanted:
         return found
     connection = session.connection()
@@ -1309,12 +1334,24 @@ _BAND_LOOKUP = {
     )
     for postgresql in (False, True)
 }
-_BAND_MERGES = select(BandMerges.merges).where(BandMerges.id == 1)
+# The count of merges and the recent rows after "seen", in one statement (one snapshot, one
+# round of SQLAlchemy's per-statement work): the merges' one row, joined with those rows if any.
 _RECENT_SINCE = (
-    select(RecentBands.article_id, RecentBands.band_keys)
-    .where(RecentBands.article_id > bindparam("seen"))
+    select(BandMerges.merges, RecentBands.article_id, RecentBands.band_keys)
+    .outerjoin(RecentBands, RecentBands.article_id > bindparam("seen"))
+    .where(BandMerges.id == 1)
     .order_by(RecentBands.article_id)
 )
+
+
+def _recent_since(connection: Connection, seen: int) -> tuple[int | None, list[tuple[int, bytes]]]:
+    """The count of merges, and the recent rows (article id, band keys) added after ``seen``."""
+    rows = connection.execute(_RECENT_SINCE, {"seen": seen}).all()
+    if not rows:
+        return None, []
+    return rows[0][0], [(article_id, blob) for _, article_id, blob in rows if article_id is not None]
+
+
 # Rows of deleted articles are left behind (RecentBands has no foreign key).
 _RECENT_KEPT = select(RecentBands.article_id, RecentBands.band_keys).join(
     Article, Article.id == RecentBands.article_id

@@ -22,6 +22,7 @@ from aggregator.schema import Article, ArticleBand, Base, Feed, RecentBands
 from aggregator.store import (
     FetchRecord,
     IndexProbe,
+    RecentIndex,
     Seen,
     Store,
     _add_band_keys,
@@ -336,6 +337,28 @@ def test_a_batchs_band_keys_rank_as_lists_of_positions_would() -> None:
         for key in keys:
             lists.setdefault(key, []).append(position)
     assert {key: [held] if isinstance(held, int) else held for key, held in by_band.items()} == lists
+
+
+def test_recent_rows_taken_in_at_once_are_indexed_as_row_by_row() -> None:
+    """``RecentIndex._add_rows`` updates the dict in one go when no key is held twice, and
+    otherwise falls back to ``_add_band_keys``: both give what row by row gives."""
+    import random
+
+    rng = random.Random(5)
+    for wide in (False, True):  # keys from a large pool (one update) or a small one (shared keys)
+        pool = range(10**9) if wide else range(30)
+        index, expected = RecentIndex(), {}
+        article_id = 0
+        for _ in range(40):
+            rows = []
+            for _ in range(rng.randint(1, 5)):
+                article_id += 1
+                keys = list(dict.fromkeys(rng.choice(pool) for _ in range(8)))
+                rows.append((article_id, pack_keys(keys)))
+                _add_band_keys(expected, tuple(keys), article_id)
+            index._add_rows(rows)
+            assert index.fresh == expected and index.seen == article_id
+        assert wide or any(isinstance(held, list) for held in expected.values())
 
 
 @pytest.mark.parametrize("rows", [3, 250])
