@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import chain, repeat
+from itertools import repeat
 from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import (
@@ -946,81 +946,67 @@ class RecentIndex:
     writer's 20 rows costs far less than inserting 640 keys into an index and probing it: those
     B-tree operations were most of a feed's time under the lock.
 
-    New keys go into a dict; past ``CONSOLIDATE_AT`` of them they move into sorted numpy arrays
-    (16 bytes a key: the ``MERGE_EVERY`` articles' half-million keys take 8 MB, where a dict
-    would take 50).
+    The keys are held in runs: pairs of numpy arrays (keys sorted, the article of each), 16
+    bytes a key (the ``MERGE_EVERY`` articles' half-million keys take 8 MB, where a dict would
+    take 50). Each catch-up's rows become a run; a run is merged with the one before it while it
+    is at least a quarter of its size, so that the runs shrink fourfold from the first and a
+    lookup searches a handful of them, and each key is merged a few times in all. Every process
+    takes in every writer's rows: with a dict of keys, taking them in and sorting the dict into
+    arrays every 65,536 keys was a tenth of a refresh worker's CPU.
 
-    A refresh catches up once before the lock too (``Store._probe_index``), consolidating there:
-    under the lock only the rows committed in between are left to read, and no writer waits
-    for the arrays to be sorted. ``lock`` keeps the threads of one process (``extract.workers:
-    0``) out of each other's way, now that one of them may catch up outside the writers' lock.
+    A refresh catches up once before the lock too (``Store._probe_index``), merging the runs
+    there: under the lock only the rows committed in between are left to read, and no writer
+    waits for a merge. ``lock`` keeps the threads of one process (``extract.workers: 0``) out
+    of each other's way, now that one of them may catch up outside the writers' lock.
     """
 
-    __slots__ = ("epoch", "fresh", "ids", "keys", "lock", "merges", "seen")
-    CONSOLIDATE_AT = 65_536
+    __slots__ = ("epoch", "lock", "merges", "runs", "seen")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.epoch = 0  # moves whenever what the index holds is rebuilt (reset, consolidated)
+        self.epoch = 0  # moves whenever what the index holds is read afresh
         self._reset(None)
 
     def _reset(self, merges: int | None) -> None:
         self.epoch += 1
         self.merges, self.seen = merges, 0
-        self.fresh: dict[int, int | list[int]] = {}
-        self.keys: np.ndarray | None = None  # sorted
-        self.ids: np.ndarray | None = None  # the article of each key
+        # (keys sorted, the article of each), largest first
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []
 
     def catch_up(self, connection: Connection, consolidate: bool = True) -> None:
         """Read the rows added since the last look (all of them after a merge); with
-        ``consolidate``, move the dict into the arrays once it is large. Called with ``lock`` held."""
+        ``consolidate``, merge the runs that have grown. Called with ``lock`` held."""
         merges, rows = _recent_since(connection, self.seen)
         if merges != self.merges:
             self._reset(merges)
             merges, rows = _recent_since(connection, self.seen)
         if rows:
             self._add_rows(rows)
-        if consolidate and len(self.fresh) >= self.CONSOLIDATE_AT:
-            self._consolidate()
+        if consolidate:
+            self._merge_runs()
 
     def _add_rows(self, rows: list[tuple[int, bytes]]) -> None:
-        """Take in rows read by ``_recent_since``: the keys of all of them in one update of the
-        dict when none is held already (the rows are of other stories, as a rule), else row by
-        row, as ``_add_band_keys`` records repeats."""
-        fresh = self.fresh
-        keys = [unpack_keys(bytes(blob)) for _, blob in rows]
-        every = list(chain.from_iterable(keys))
-        if fresh.keys().isdisjoint(every) and len(set(every)) == len(every):
-            ids = (repeat(article_id, len(held)) for (article_id, _), held in zip(rows, keys, strict=True))
-            fresh.update(zip(every, chain.from_iterable(ids), strict=True))
-        else:
-            for (article_id, _), held in zip(rows, keys, strict=True):
-                _add_band_keys(fresh, held, article_id)
-        self.seen = rows[-1][0]
-
-    def _consolidate(self) -> None:
+        """Take in rows read by ``_recent_since`` as one run."""
         import numpy as np
 
-        keys: list[int] = []
-        ids: list[int] = []
-        for key, held in self.fresh.items():
-            if isinstance(held, list):
-                keys += [key] * len(held)
-                ids += held
-            else:
-                keys.append(key)
-                ids.append(held)
-        all_keys = np.array(keys, dtype=np.int64)
-        all_ids = np.array(ids, dtype=np.int64)
-        # Two sorted runs: the stable sort below merges them in one pass.
-        order = np.argsort(all_keys, kind="stable")
-        all_keys, all_ids = all_keys[order], all_ids[order]
-        if self.keys is not None and self.ids is not None:
-            all_keys = np.concatenate((self.keys, all_keys))
-            all_ids = np.concatenate((self.ids, all_ids))
-        order = np.argsort(all_keys, kind="stable")
-        self.keys, self.ids, self.fresh = all_keys[order], all_ids[order], {}
-        self.epoch += 1
+        blobs = [bytes(blob) for _, blob in rows]
+        keys = np.frombuffer(b"".join(blobs), dtype="<i8").astype(np.int64)
+        ids = np.repeat(
+            np.array([article_id for article_id, _ in rows], dtype=np.int64), [len(b) // 8 for b in blobs]
+        )
+        order = np.argsort(keys, kind="stable")
+        self.runs.append((keys[order], ids[order]))
+        self.seen = rows[-1][0]
+
+    def _merge_runs(self) -> None:
+        import numpy as np
+
+        runs = self.runs
+        while len(runs) > 1 and 4 * len(runs[-1][0]) >= len(runs[-2][0]):
+            (last_keys, last_ids), (keys, ids) = runs.pop(), runs.pop()
+            keys, ids = np.concatenate((keys, last_keys)), np.concatenate((ids, last_ids))
+            order = np.argsort(keys, kind="stable")  # two sorted runs: merged in one pass
+            runs.append((keys[order], ids[order]))
 
     def peek(self, connection: Connection, wanted: frozenset[int]) -> dict[int, list[int]] | None:
         """The rows added since the last look that hold any of ``wanted``, key by key, leaving
@@ -1037,19 +1023,20 @@ class RecentIndex:
 
     def hits(self, wanted: Sequence[int], into: dict[int, list[int]]) -> None:
         """Add the recent articles holding each of ``wanted`` (sorted, distinct) to ``into``."""
-        fresh = self.fresh
-        for key in fresh.keys() & wanted:
-            held = fresh[key]
-            into.setdefault(key, []).extend(held if isinstance(held, list) else (held,))
-        if self.keys is None or self.ids is None:
+        if not self.runs:
             return
         import numpy as np
 
         probe = np.array(wanted, dtype=np.int64)
-        low = np.searchsorted(self.keys, probe, "left")
-        high = np.searchsorted(self.keys, probe, "right")
-        for index in np.flatnonzero(high > low).tolist():
-            into.setdefault(wanted[index], []).extend(self.ids[low[index] : high[index]].tolist())
+        for keys, ids in self.runs:
+            low = np.searchsorted(keys, probe)
+            # A key of the probe is in the run where the first key not below it equals it.
+            found = np.flatnonzero(keys[np.minimum(low, len(keys) - 1)] == probe).tolist()
+            if not found:
+                continue
+            high = np.searchsorted(keys, probe[found], "right").tolist()
+            for index, end in zip(found, high, strict=True):
+                into.setdefault(wanted[index], []).extend(ids[low[index] : end].tolist())
 
 
 @dataclass(frozen=True, slots=True)

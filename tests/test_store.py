@@ -339,25 +339,37 @@ def test_a_batchs_band_keys_rank_as_lists_of_positions_would() -> None:
     assert {key: [held] if isinstance(held, int) else held for key, held in by_band.items()} == lists
 
 
-def test_recent_rows_taken_in_at_once_are_indexed_as_row_by_row() -> None:
-    """``RecentIndex._add_rows`` updates the dict in one go when no key is held twice, and
-    otherwise falls back to ``_add_band_keys``: both give what row by row gives."""
+def test_recent_rows_in_runs_are_found_as_in_a_dict() -> None:
+    """``RecentIndex`` keeps the rows it takes in as sorted runs, merging them as they grow: a
+    lookup finds for each key the articles a dict of every row's keys gives, keys shared by
+    several articles and runs merged or not."""
     import random
 
     rng = random.Random(5)
-    for wide in (False, True):  # keys from a large pool (one update) or a small one (shared keys)
-        pool = range(10**9) if wide else range(30)
+    for wide in (False, True):  # keys from a small pool (shared by many articles) or a large one
+        pool = range(-(10**18), 10**18) if wide else range(-15, 15)
         index, expected = RecentIndex(), {}
         article_id = 0
-        for _ in range(40):
+        for batch in range(60):
             rows = []
-            for _ in range(rng.randint(1, 5)):
+            for _ in range(rng.randint(1, 30)):
                 article_id += 1
                 keys = list(dict.fromkeys(rng.choice(pool) for _ in range(8)))
                 rows.append((article_id, pack_keys(keys)))
                 _add_band_keys(expected, tuple(keys), article_id)
             index._add_rows(rows)
-            assert index.fresh == expected and index.seen == article_id
+            if batch % 3:  # the catch-up before the lock merges; the one under it does not
+                index._merge_runs()
+            assert index.seen == article_id
+            wanted = sorted({*rng.sample(sorted(expected), 10), *rng.sample(pool, 10)})
+            found: dict[int, list[int]] = {}
+            index.hits(wanted, found)
+            assert {key: sorted(ids) for key, ids in found.items()} == {
+                key: sorted(expected[key]) if isinstance(expected[key], list) else [expected[key]]
+                for key in wanted
+                if key in expected
+            }
+        assert 1 < len(index.runs) < 12  # merged, into a few runs
         assert wide or any(isinstance(held, list) for held in expected.values())
 
 
