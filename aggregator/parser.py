@@ -147,20 +147,30 @@ def _fast_parse(result: FetchResult, head: bytes) -> ParsedFeed | None:
 
 
 def _rss_item(item: etree._Element, base: str) -> ParsedEntry:
-    guid_element = item.find("guid")
+    # The item's first child of each tag, found in one walk: what find() and findtext() give,
+    # where each of their nine calls walked the children again through lxml's ElementPath.
+    children: dict[object, etree._Element] = {}
+    for child in item:
+        children.setdefault(child.tag, child)
+
+    def text(tag: str) -> str | None:
+        element = children.get(tag)
+        return None if element is None else element.text or ""
+
+    guid_element = children.get("guid")
     guid = _strip(guid_element.text if guid_element is not None else None)
-    link = _url(base, item.findtext("link"))
+    link = _url(base, text("link"))
     permalink = guid_element is not None and guid_element.get("isPermaLink", "true").lower() == "true"
     if link is None and guid and permalink and "://" in guid:
         link = _url(base, guid)
-    published = _rss_date(item.findtext("pubDate")) or _rss_date(item.findtext(f"{_DC}date"))
-    author = _plain(item.findtext(f"{_DC}creator")) or _plain(item.findtext("author"))
+    published = _rss_date(text("pubDate")) or _rss_date(text(f"{_DC}date"))
+    author = _plain(text(f"{_DC}creator")) or _plain(text("author"))
     return ParsedEntry(
         guid=guid,
         url=link,
-        title=_plain(item.findtext("title")),
-        summary_html=item.findtext("description") or "",
-        content_html=item.findtext(f"{_CONTENT}encoded") or "",
+        title=_plain(text("title")),
+        summary_html=text("description") or "",
+        content_html=text(f"{_CONTENT}encoded") or "",
         published=published,
         updated=None,
         author=author or None,

@@ -189,3 +189,39 @@ def test_fast_path_declines_what_it_does_not_know() -> None:
     assert parse_feed(result(rdf)).entries[0].url == "http://r.example/x"
     broken = RSS.replace("</channel></rss>", "<item><title>Unclosed")
     assert _fast_parse(result(broken), broken.encode()) is None
+
+
+def test_fast_path_reads_the_first_of_each_child_and_skips_comments() -> None:
+    """The fast path finds an item's children in one walk: comments and processing
+    instructions are passed over, an empty element is empty text, and of a repeated child the
+    first counts, as ElementPath's find() gives it."""
+    from aggregator.parser import _fast_parse
+
+    body = b"""<?xml version="1.0"?>
+<rss version="2.0" xmlns:dc="http://purl.org/dc/elements/1.1/"
+     xmlns:content="http://purl.org/rss/1.0/modules/content/"><channel><title>T</title>
+<item><!-- a comment --><title>A &amp; B</title><link> https://x.example/a </link>
+  <guid isPermaLink="false">g1</guid><description/><pubDate>Fri, 27 Nov 2026 03:00:00 GMT</pubDate></item>
+<item><title>Two</title><link>https://x.example/first</link><link>https://x.example/second</link>
+  <dc:creator>Ann</dc:creator><dc:creator>Bea</dc:creator><author>bob@x.example</author>
+  <guid>https://x.example/p2</guid></item>
+<item><?pi x?><title/><guid isPermaLink="true">https://x.example/p3</guid>
+  <content:encoded><![CDATA[<p>Body</p>]]></content:encoded><dc:date>2026-11-27T01:00:00Z</dc:date></item>
+</channel></rss>"""
+    parsed = _fast_parse(result(body), body)
+    assert parsed is not None
+    first, second, third = parsed.entries
+    assert (first.title, first.url, first.guid, first.summary_html) == (
+        "A & B",
+        "https://x.example/a",
+        "g1",
+        "",
+    )
+    assert first.published == datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    assert (second.url, second.author, second.guid) == (
+        "https://x.example/first",
+        "Ann",
+        "https://x.example/p2",
+    )
+    assert (third.title, third.url, third.content_html) == ("", "https://x.example/p3", "<p>Body</p>")
+    assert third.published == datetime(2026, 11, 27, 1, 0, tzinfo=UTC)
