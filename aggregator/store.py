@@ -321,8 +321,8 @@ class Store:
         known_entries: set[str] = set()
         feed_links: set[str] = set()
         any_links: set[str] = set()
-        with self._session() as session:
-            connection = session.connection()
+        # A Connection, not a Session: these reads need none of the ORM's state.
+        with self.engine.connect() as connection:
             for chunk in _chunks(entry_keys):
                 known_entries.update(connection.scalars(_SEEN_ENTRIES, {"feed_url": feed_url, "keys": chunk}))
             for chunk in _chunks(link_keys):
@@ -538,8 +538,7 @@ class Store:
         if not wanted:
             return None
         recent: dict[int, list[int]] = {}
-        with self._session() as session:
-            connection = session.connection()
+        with self.engine.connect() as connection:
             with self._recent.lock:
                 self._recent.catch_up(connection)  # reads the count of merges too
                 self._recent.hits(wanted, recent)
