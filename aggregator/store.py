@@ -18,7 +18,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import repeat
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     ARRAY,
@@ -35,7 +35,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.sql.expression import Executable
 
@@ -324,10 +324,11 @@ class Store:
         # A Connection, not a Session: these reads need none of the ORM's state.
         with self.engine.connect() as connection:
             for chunk in _chunks(entry_keys):
-                known_entries.update(connection.scalars(_SEEN_ENTRIES, {"feed_url": feed_url, "keys": chunk}))
+                rows = _SEEN_ENTRIES.rows(connection, {"feed_url": feed_url, "keys": chunk})
+                known_entries.update(entry for (entry,) in rows)
             for chunk in _chunks(link_keys):
                 wanted = set(chunk)
-                for page_key, link_key, owner in connection.execute(_SEEN_LINKS, {"keys": chunk}):
+                for page_key, link_key, owner in _SEEN_LINKS.rows(connection, {"keys": chunk}):
                     for key in (page_key, link_key):
                         if key in wanted:
                             any_links.add(key)
@@ -407,8 +408,8 @@ class Store:
         by_hash: dict[str, int] = {}
         present: set[str] = set()
         # One query finds the entries this feed has and the earliest copy of each story.
-        rows = session.connection().execute(
-            _STORED_COPIES,
+        rows = _STORED_COPIES.rows(
+            session.connection(),
             {
                 "url_keys": sorted(keys),
                 "entry_keys": sorted(entry_keys),
@@ -504,9 +505,7 @@ class Store:
         # The ids by the (feed, entry) key that is unique: one query, where INSERT … RETURNING
         # with the rows' order kept runs one statement per row on SQLite.
         keyed = dict(
-            connection.execute(
-                _ENTRY_IDS, {"feed_id": feed_id, "entry_keys": [v["entry_key"] for v in values]}
-            ).all()
+            _ENTRY_IDS.rows(connection, {"feed_id": feed_id, "entry_keys": [v["entry_key"] for v in values]})
         )
         ids = [keyed[v["entry_key"]] for v in values]
         copies: dict[int, list[int]] = {}
@@ -1058,8 +1057,8 @@ class IndexProbe:
 def _index_hits(connection: Connection, wanted: list[int]) -> dict[int, list[int]]:
     hits: dict[int, list[int]] = {}
     postgresql = connection.dialect.name == "postgresql"
-    for key, article_id in connection.execute(
-        _BAND_LOOKUP[postgresql], {"keys": _one_value(wanted, postgresql)}
+    for key, article_id in _BAND_LOOKUP[postgresql].rows(
+        connection, {"keys": _one_value(wanted, postgresql)}
     ):
         hits.setdefault(key, []).append(article_id)
     return hits
@@ -1312,17 +1311,87 @@ def _one_value(values: list[int], postgresql: bool) -> object:
     return values if postgresql else json.dumps(values)
 
 
+class _DriverQuery:
+    """One of the refresh's SELECTs, run on the driver's own cursor.
+
+    SQLAlchemy's work around each execution (the compiled cache's key, the IN lists rendered
+    again, the parameters and rows processed) cost a refresh worker more CPU than SQLite's own
+    work for these statements. The SQL is still the Core statement's, compiled once per dialect
+    and per length of its list parameters; they take strings, integers and bytes, which need no
+    processing, and give plain tuples. In a transaction of the connection the statement is part
+    of it; outside one it reads as the driver does.
+    """
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._expanding: dict[str, tuple[str, ...]] = {}  # dialect -> the list parameters
+        # (dialect, the lists' lengths) -> the SQL, and each parameter's source: (its name in the
+        # SQL, the caller's parameter, the index in that list or -1) or (its name, None, its value)
+        self._plans: dict[tuple[str, tuple[int, ...]], tuple[str, tuple[tuple[str, Any, Any], ...]]] = {}
+
+    def rows(self, connection: Connection, params: dict[str, Any]) -> list[Any]:
+        dialect = connection.dialect
+        expanding = self._expanding.get(dialect.name)
+        if expanding is None:
+            compiled = self.statement.compile(dialect=dialect)
+            expanding = tuple(name for name, bind in compiled.binds.items() if bind.expanding)
+            self._expanding[dialect.name] = expanding
+        key = (dialect.name, tuple(len(params[name]) for name in expanding))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(dialect, params)
+        sql, sources = plan
+        values = [
+            value if name is None else params[name] if value < 0 else params[name][value]
+            for _, name, value in sources
+        ]
+        bound: Any = (
+            values
+            if dialect.paramstyle in ("qmark", "format", "numeric")
+            else {expanded: value for (expanded, _, _), value in zip(sources, values, strict=True)}
+        )
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        error = dialect.loaded_dbapi.Error
+        try:
+            cursor.execute(sql, bound)
+            return cursor.fetchall()
+        except error as exc:  # as SQLAlchemy raises it (OperationalError...), without the values
+            raise DBAPIError.instance(sql, None, exc, error, hide_parameters=True, dialect=dialect) from exc
+        finally:
+            cursor.close()
+
+    def _plan(self, dialect: Any, params: dict[str, Any]) -> tuple[str, tuple[tuple[str, Any, Any], ...]]:
+        state = self.statement.compile(dialect=dialect).construct_expanded_state(params)
+        origin = {
+            expanded: (name, index)
+            for name, names in state.parameter_expansion.items()
+            for index, expanded in enumerate(names)
+        }
+        order = state.positiontup if state.positiontup is not None else list(state.parameters)
+        sources = []
+        for expanded in order:
+            if expanded in origin:
+                sources.append((expanded, *origin[expanded]))
+            elif expanded in params:
+                sources.append((expanded, expanded, -1))
+            else:  # a value written into the statement, such as BandMerges.id == 1
+                sources.append((expanded, None, state.parameters[expanded]))
+        return state.statement, tuple(sources)
+
+
 # The near-duplicate lookup's two statements, built once per dialect: constructing them on every
 # lookup cost as much CPU as running them.
 _BAND_LOOKUP = {
-    postgresql: select(ArticleBand.band_key, ArticleBand.article_id).where(
-        _in_one_value(ArticleBand.band_key, "keys", postgresql)
+    postgresql: _DriverQuery(
+        select(ArticleBand.band_key, ArticleBand.article_id).where(
+            _in_one_value(ArticleBand.band_key, "keys", postgresql)
+        )
     )
     for postgresql in (False, True)
 }
 # The count of merges and the recent rows after "seen", in one statement (one snapshot, one
 # round of SQLAlchemy's per-statement work): the merges' one row, joined with those rows if any.
-_RECENT_SINCE = (
+_RECENT_SINCE = _DriverQuery(
     select(BandMerges.merges, RecentBands.article_id, RecentBands.band_keys)
     .outerjoin(RecentBands, RecentBands.article_id > bindparam("seen"))
     .where(BandMerges.id == 1)
@@ -1332,7 +1401,7 @@ _RECENT_SINCE = (
 
 def _recent_since(connection: Connection, seen: int) -> tuple[int | None, list[tuple[int, bytes]]]:
     """The count of merges, and the recent rows (article id, band keys) added after ``seen``."""
-    rows = connection.execute(_RECENT_SINCE, {"seen": seen}).all()
+    rows = _RECENT_SINCE.rows(connection, {"seen": seen})
     if not rows:
         return None, []
     return rows[0][0], [(article_id, blob) for _, article_id, blob in rows if article_id is not None]
@@ -1352,12 +1421,12 @@ _CANDIDATE_TEXTS = {
 # The statements a refresh runs for every feed, built once with their values as bound parameters:
 # building a statement (columns coerced, IN lists expanded, its cache key computed) cost a few ms
 # of CPU a feed, more than SQLite took to run them.
-_SEEN_ENTRIES = (
+_SEEN_ENTRIES = _DriverQuery(
     select(Article.entry_key)
     .join(Feed, Feed.id == Article.feed_id)
     .where(Feed.url == bindparam("feed_url"), Article.entry_key.in_(bindparam("keys", expanding=True)))
 )
-_SEEN_LINKS = (
+_SEEN_LINKS = _DriverQuery(
     select(Article.url_key, Article.link_key, Feed.url)
     .join(Feed, Feed.id == Article.feed_id)
     .where(
@@ -1367,7 +1436,7 @@ _SEEN_LINKS = (
         )
     )
 )
-_STORED_COPIES = (
+_STORED_COPIES = _DriverQuery(
     select(
         Article.id,
         Article.duplicate_of,
@@ -1386,8 +1455,11 @@ _STORED_COPIES = (
     )
     .order_by(Article.id)
 )
-_ENTRY_IDS = select(Article.entry_key, Article.id).where(
-    Article.feed_id == bindparam("feed_id"), Article.entry_key.in_(bindparam("entry_keys", expanding=True))
+_ENTRY_IDS = _DriverQuery(
+    select(Article.entry_key, Article.id).where(
+        Article.feed_id == bindparam("feed_id"),
+        Article.entry_key.in_(bindparam("entry_keys", expanding=True)),
+    )
 )
 
 

@@ -29,6 +29,7 @@ from aggregator.store import (
     _ranked,
     _stored_near_duplicates,
     pack_keys,
+    unpack_keys,
 )
 
 from .conftest import free_port
@@ -868,3 +869,47 @@ def test_a_checkpoint_beside_a_busy_writer_lets_the_log_start_afresh(tmp_path: P
     assert restarts >= 2, frames
     checkpointer.close()
     writer.close()
+
+
+def test_the_driver_queries_give_what_core_gives(store: Store) -> None:
+    """The refresh's SELECTs run on the driver's cursor (``store._DriverQuery``) return the rows
+    SQLAlchemy returns for the same Core statement: lists of any length (empty too, and one
+    list used twice), values written into the statement, in a transaction and outside one."""
+    from aggregator import store as module
+
+    def plain(rows: object) -> list[tuple[object, ...]]:
+        return sorted(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in rows)
+
+    feed = "https://a.example/feed"
+    articles = [article(f"k{i}", f"https://a.example/{i}", f"{LONG_TEXT} story{i}") for i in range(6)]
+    store_batch(store, feed, articles)
+    stored = [url_key(a.url) for a in articles]
+    with store.engine.connect() as connection:
+        (feed_id,) = connection.execute(select(Feed.id).where(Feed.url == feed)).one()
+        blobs = connection.execute(select(RecentBands.band_keys)).scalars().all()
+        keys = [*[key for blob in blobs for key in unpack_keys(bytes(blob))][:50], 12345]
+        # In the transaction the insert begins: the first round reads inside it, the second
+        # (after the rollback, without these rows) outside any.
+        connection.execute(insert(ArticleBand), [{"band_key": k, "article_id": 1} for k in keys[:5]])
+        postgresql = connection.dialect.name == "postgresql"
+        entry_keys = [a.entry_key for a in articles]
+        cases = [  # (query, parameters, rows expected in the first round)
+            (module._SEEN_ENTRIES, {"feed_url": feed, "keys": [*entry_keys, "none"]}, True),
+            (module._SEEN_ENTRIES, {"feed_url": feed, "keys": []}, False),
+            (module._SEEN_LINKS, {"keys": [*stored[:3], "none"]}, True),
+            (module._ENTRY_IDS, {"feed_id": feed_id, "entry_keys": entry_keys[:2]}, True),
+            (
+                module._STORED_COPIES,
+                {"url_keys": stored[2:], "entry_keys": ["k0"], "feed_id": feed_id, "hashes": []},
+                True,
+            ),
+            (module._RECENT_SINCE, {"seen": 0}, True),
+            (module._RECENT_SINCE, {"seen": 10**9}, True),  # the count of merges alone
+            (module._BAND_LOOKUP[postgresql], {"keys": module._one_value(keys, postgresql)}, True),
+        ]
+        for first in (True, False):
+            for query, params, rows in cases:
+                mine = plain(query.rows(connection, params))
+                assert mine == plain(connection.execute(query.statement, params)), (query.statement, params)
+                assert bool(mine) == rows or not first
+            connection.rollback()
