@@ -1322,6 +1322,8 @@ class _DriverQuery:
     of it; outside one it reads as the driver does.
     """
 
+    MAX_PLANS = 1024
+
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
         self._expanding: dict[str, tuple[str, ...]] = {}  # dialect -> the list parameters
@@ -1339,6 +1341,8 @@ class _DriverQuery:
         key = (dialect.name, tuple(len(params[name]) for name in expanding))
         plan = self._plans.get(key)
         if plan is None:
+            if len(self._plans) >= self.MAX_PLANS:  # lengths vary with the feeds: bound the memory
+                self._plans.clear()
             plan = self._plans[key] = self._plan(dialect, params)
         sql, sources = plan
         values = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import bindparam, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from aggregator.config import DigestSettings, FeedConfig
@@ -913,3 +913,18 @@ def test_the_driver_queries_give_what_core_gives(store: Store) -> None:
                 assert mine == plain(connection.execute(query.statement, params)), (query.statement, params)
                 assert bool(mine) == rows or not first
             connection.rollback()
+
+
+def test_the_driver_queries_keep_a_bounded_number_of_plans(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan is kept for each length of a query's lists, which vary with the feeds: the cache
+    is emptied when full, and the query still answers."""
+    from aggregator.store import _DriverQuery
+
+    query = _DriverQuery(select(Article.id).where(Article.url_key.in_(bindparam("keys", expanding=True))))
+    monkeypatch.setattr(_DriverQuery, "MAX_PLANS", 5)
+    with store.engine.connect() as connection:
+        for length in range(12):
+            assert query.rows(connection, {"keys": [f"k{i}" for i in range(length)]}) == []
+            assert len(query._plans) <= 5
