@@ -24,6 +24,7 @@ from sqlalchemy import (
     ARRAY,
     ColumnElement,
     Engine,
+    Insert,
     any_,
     bindparam,
     delete,
@@ -366,11 +367,11 @@ class Store:
         probe = self._probe_index(profiles)
         statement = _FEED_SUCCESS[record.location is not None]
         with self._writing() as session:
-            # Core, built once, not the ORM's bulk update: the same statement at a fraction of the CPU.
-            feed_id = session.connection().scalar(statement, values)
+            # Built once and run on the driver (_DriverQuery), not the ORM's bulk update.
+            feed_id = _first(statement.rows(session.connection(), values))
             if feed_id is None:  # not created by ensure_feeds: make the row, then update it
                 self._feed_row(session, feed_url, record.now)
-                feed_id = session.connection().scalar(statement, values)
+                feed_id = _first(statement.rows(session.connection(), values))
             added = self._insert_articles(session, feed_id, articles, record.now, profiles, probe)
             if added[1]:
                 _lead_with_earliest_published(session, feed_id, record.now)
@@ -495,11 +496,10 @@ class Store:
                     "duplicate_of": representative,
                 }
             )
-        # Core statements on the session's connection: the ORM's bulk path costs more per row
-        # than the insert itself here (a feed's articles and their 32 band keys each).
+        # On the driver, through executemany (_DriverQuery): the ORM's bulk path, and Core's
+        # processing of each row's parameters, cost more than the insert itself here.
         connection = session.connection()
-        articles = Article.__table__
-        connection.execute(articles.insert(), values)
+        _ARTICLE_INSERT.execute_many(connection, values)
         if not twins and not banded:
             return len(values), duplicates
         # The ids by the (feed, entry) key that is unique: one query, where INSERT … RETURNING
@@ -1312,14 +1312,16 @@ def _one_value(values: list[int], postgresql: bool) -> object:
 
 
 class _DriverQuery:
-    """One of the refresh's SELECTs, run on the driver's own cursor.
+    """One of the refresh's statements, run on the driver's own cursor.
 
     SQLAlchemy's work around each execution (the compiled cache's key, the IN lists rendered
     again, the parameters and rows processed) cost a refresh worker more CPU than SQLite's own
     work for these statements. The SQL is still the Core statement's, compiled once per dialect
-    and per length of its list parameters; they take strings, integers and bytes, which need no
-    processing, and give plain tuples. In a transaction of the connection the statement is part
-    of it; outside one it reads as the driver does.
+    and per length of its list parameters; each parameter goes through its type's own bind
+    processor (a datetime to UTC and, on SQLite, to its text), as SQLAlchemy would send it, and
+    rows come back as the driver gives them: plain tuples, for columns of strings, integers and
+    bytes. In a transaction of the connection the statement is part of it; outside one it runs
+    as the driver runs it.
     """
 
     MAX_PLANS = 1024
@@ -1328,10 +1330,21 @@ class _DriverQuery:
         self.statement = statement
         self._expanding: dict[str, tuple[str, ...]] = {}  # dialect -> the list parameters
         # (dialect, the lists' lengths) -> the SQL, and each parameter's source: (its name in the
-        # SQL, the caller's parameter, the index in that list or -1) or (its name, None, its value)
-        self._plans: dict[tuple[str, tuple[int, ...]], tuple[str, tuple[tuple[str, Any, Any], ...]]] = {}
+        # SQL, the caller's parameter, the index in that list or -1, its bind processor) or (its
+        # name, None, its value, None)
+        self._plans: dict[tuple[str, tuple[int, ...]], tuple[str, tuple[tuple[str, Any, Any, Any], ...]]] = {}
 
     def rows(self, connection: Connection, params: dict[str, Any]) -> list[Any]:
+        """Execute with ``params``; return the rows."""
+        sql, sources = self._plan_for(connection, params)
+        return self._run(connection, sql, self._bound(connection, sources, params), many=False)
+
+    def execute_many(self, connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Execute once for each of ``rows`` (the same keys in each), through executemany."""
+        sql, sources = self._plan_for(connection, rows[0])
+        self._run(connection, sql, [self._bound(connection, sources, row) for row in rows], many=True)
+
+    def _plan_for(self, connection: Connection, params: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
         dialect = connection.dialect
         expanding = self._expanding.get(dialect.name)
         if expanding is None:
@@ -1344,42 +1357,55 @@ class _DriverQuery:
             if len(self._plans) >= self.MAX_PLANS:  # lengths vary with the feeds: bound the memory
                 self._plans.clear()
             plan = self._plans[key] = self._plan(dialect, params)
-        sql, sources = plan
-        values = [
-            value if name is None else params[name] if value < 0 else params[name][value]
-            for _, name, value in sources
-        ]
-        bound: Any = (
-            values
-            if dialect.paramstyle in ("qmark", "format", "numeric")
-            else {expanded: value for (expanded, _, _), value in zip(sources, values, strict=True)}
-        )
+        return plan
+
+    @staticmethod
+    def _bound(connection: Connection, sources: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        values = []
+        for _, name, where, process in sources:
+            value = where if name is None else params[name] if where < 0 else params[name][where]
+            values.append(value if process is None else process(value))
+        if connection.dialect.paramstyle in ("qmark", "format", "numeric"):
+            return values
+        return {source[0]: value for source, value in zip(sources, values, strict=True)}
+
+    @staticmethod
+    def _run(connection: Connection, sql: str, bound: Any, *, many: bool) -> list[Any]:
+        dialect = connection.dialect
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         error = dialect.loaded_dbapi.Error
         try:
+            if many:
+                cursor.executemany(sql, bound)
+                return []
             cursor.execute(sql, bound)
-            return cursor.fetchall()
+            return cursor.fetchall() if cursor.description is not None else []
         except error as exc:  # as SQLAlchemy raises it (OperationalError...), without the values
             raise DBAPIError.instance(sql, None, exc, error, hide_parameters=True, dialect=dialect) from exc
         finally:
             cursor.close()
 
-    def _plan(self, dialect: Any, params: dict[str, Any]) -> tuple[str, tuple[tuple[str, Any, Any], ...]]:
-        state = self.statement.compile(dialect=dialect).construct_expanded_state(params)
+    def _plan(
+        self, dialect: Any, params: dict[str, Any]
+    ) -> tuple[str, tuple[tuple[str, Any, Any, Any], ...]]:
+        # An INSERT names the columns it is given, as executing it with these values would.
+        columns = {"column_keys": list(params)} if isinstance(self.statement, Insert) else {}
+        compiled = self.statement.compile(dialect=dialect, **columns)
+        state = compiled.construct_expanded_state(params)
         origin = {
             expanded: (name, index)
             for name, names in state.parameter_expansion.items()
             for index, expanded in enumerate(names)
         }
         order = state.positiontup if state.positiontup is not None else list(state.parameters)
-        sources = []
+        sources: list[tuple[str, Any, Any, Any]] = []
         for expanded in order:
-            if expanded in origin:
-                sources.append((expanded, *origin[expanded]))
-            elif expanded in params:
-                sources.append((expanded, expanded, -1))
-            else:  # a value written into the statement, such as BandMerges.id == 1
-                sources.append((expanded, None, state.parameters[expanded]))
+            name, where = origin.get(expanded, (expanded, -1))
+            if name not in params:  # a value written into the statement, such as BandMerges.id == 1
+                sources.append((expanded, None, state.parameters[expanded], None))
+                continue
+            kind = compiled.binds[name].type
+            sources.append((expanded, name, where, kind.dialect_impl(dialect).bind_processor(dialect)))
         return state.statement, tuple(sources)
 
 
@@ -1499,7 +1525,17 @@ def _feed_fetched(*, location: bool, modified: bool) -> Executable:
 
 
 # Keyed by "with a location": the two shapes of each.
-_FEED_SUCCESS = {located: _feed_fetched(location=located, modified=True) for located in (False, True)}
+_FEED_SUCCESS = {
+    located: _DriverQuery(_feed_fetched(location=located, modified=True)) for located in (False, True)
+}
+_ARTICLE_INSERT = _DriverQuery(Article.__table__.insert())
+
+
+def _first(rows: list[Any]) -> Any:
+    """The first column of the first row, or None: what ``Connection.scalar`` gives."""
+    return rows[0][0] if rows else None
+
+
 _FEED_NOT_MODIFIED = {located: _feed_fetched(location=located, modified=False) for located in (False, True)}
 
 

@@ -928,3 +928,58 @@ def test_the_driver_queries_keep_a_bounded_number_of_plans(
         for length in range(12):
             assert query.rows(connection, {"keys": [f"k{i}" for i in range(length)]}) == []
             assert len(query._plans) <= 5
+
+
+def test_rows_written_on_the_driver_are_those_core_writes(store: Store) -> None:
+    """The refresh's feed update and article insert run on the driver (``store._DriverQuery``),
+    each value through its type's bind processor: the stored values, datetimes of any zone
+    included, are those SQLAlchemy writes for the same statement."""
+    from datetime import timezone
+
+    from aggregator import store as module
+
+    paris = timezone(timedelta(hours=1))
+    published = datetime(2026, 11, 28, 7, 30, 15, 123456, tzinfo=paris)
+    record = FetchRecord(
+        200,
+        '"e1"',
+        "Sat, 28 Nov 2026 06:00:00 GMT",
+        "Feed A",
+        "https://a.example/",
+        NOW,
+        NOW + timedelta(minutes=45),
+        poll_interval=2700.0,
+        warning="bozo",
+    )
+    mine = replace(article("k1", "https://a.example/1", LONG_TEXT), published=published)
+    store.store_refresh(FEED_A, [mine], record)
+    with store.engine.connect() as connection:
+        feed = connection.execute(select(Feed).where(Feed.url == FEED_A)).one()
+        assert (feed.last_fetch_at, feed.next_fetch_at, feed.etag, feed.poll_interval) == (
+            NOW,
+            NOW + timedelta(minutes=45),
+            '"e1"',
+            2700.0,
+        )
+        assert (
+            feed.title,
+            feed.last_status,
+            feed.last_warning,
+        ) == ("Feed A", 200, "bozo")
+        # The same article written by Core for another feed: the stored columns are alike.
+        (feed_id,) = connection.execute(select(Feed.id).where(Feed.url == FEED_A)).one()
+        row = connection.execute(select(Article.__table__).where(Article.feed_id == feed_id)).one()._asdict()
+        assert row["published"] == published and row["first_seen"] == NOW
+        copy = {**{k: v for k, v in row.items() if k != "id"}, "entry_key": "core-copy"}
+        connection.execute(Article.__table__.insert(), [copy])
+        raw = select(Article.published, Article.first_seen, Article.url_key, Article.extraction)
+        stored = connection.execute(
+            raw.where(Article.entry_key.in_(["core-copy", row["entry_key"]])).order_by(Article.id)
+        )
+        if connection.dialect.name == "sqlite":  # the text SQLite holds, compared as it is
+            stored = connection.exec_driver_sql(
+                "SELECT published, first_seen, url_key, extraction FROM articles ORDER BY id"
+            )
+        first, second = stored.all()
+        assert tuple(first) == tuple(second)
+    assert module._ARTICLE_INSERT._plans  # the insert did go through the driver
