@@ -543,8 +543,7 @@ class Store:
                 self._recent.hits(wanted, recent)
                 merges, at = self._recent.merges, (self._recent.epoch, self._recent.seen)
             hits = _index_hits(connection, wanted)
-            profiled = sum(profile is not None for profile in profiles)
-            return IndexProbe(merges, frozenset(wanted), hits, recent, at, wanted, profiled)
+            return IndexProbe(merges, frozenset(wanted), hits, recent, at, wanted, _profiled(profiles))
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
@@ -919,6 +918,11 @@ def _marker(connection: Connection) -> str:
     return "?" if connection.dialect.paramstyle == "qmark" else "%s"
 
 
+def _profiled(profiles: Sequence[TextProfile | None]) -> int:
+    """How many of ``profiles`` there are (texts too short have none)."""
+    return sum(profile is not None for profile in profiles)
+
+
 def _wanted_keys(profiles: Sequence[TextProfile | None]) -> list[int]:
     """The distinct band keys of ``profiles``, sorted."""
     return sorted({key for profile in profiles if profile for key in profile.band_keys})
@@ -1075,8 +1079,7 @@ def _stored_near_duplicates(
     looked up in the index (``probe``, unless a merge came since) and among the recent articles
     in memory, then one query for the candidates' texts."""
     found: list[int | None] = [None] * len(profiles)
-    profiled = len(profiles) - list(profiles).count(None)
-    if probe is not None and probe.wanted is not None and probe.profiled == profiled:
+    if probe is not None and probe.wanted is not None and probe.profiled == _profiled(profiles):
         wanted = probe.wanted
     else:
         wanted = _wanted_keys(profiles)
@@ -1409,6 +1412,11 @@ class _DriverQuery:
         return state.statement, tuple(sources)
 
 
+def _first(rows: list[Any]) -> Any:
+    """The first column of the first row, or None: what ``Connection.scalar`` gives."""
+    return rows[0][0] if rows else None
+
+
 # The near-duplicate lookup's two statements, built once per dialect: constructing them on every
 # lookup cost as much CPU as running them.
 _BAND_LOOKUP = {
@@ -1528,15 +1536,8 @@ def _feed_fetched(*, location: bool, modified: bool) -> Executable:
 _FEED_SUCCESS = {
     located: _DriverQuery(_feed_fetched(location=located, modified=True)) for located in (False, True)
 }
-_ARTICLE_INSERT = _DriverQuery(Article.__table__.insert())
-
-
-def _first(rows: list[Any]) -> Any:
-    """The first column of the first row, or None: what ``Connection.scalar`` gives."""
-    return rows[0][0] if rows else None
-
-
 _FEED_NOT_MODIFIED = {located: _feed_fetched(location=located, modified=False) for located in (False, True)}
+_ARTICLE_INSERT = _DriverQuery(Article.__table__.insert())
 
 
 def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
