@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from aggregator.models import ParsedEntry
+from aggregator.words import find_words
 
 if TYPE_CHECKING:
     import numpy as np
@@ -125,19 +126,12 @@ def repeated_guids(entries: tuple[ParsedEntry, ...]) -> frozenset[str]:
     return frozenset(repeated)
 
 
-# Every ASCII byte that \w does not match, made a space: in ASCII text, bytes.translate and
-# str.split then find the words in C, in a third of the time _WORDS.findall takes.
-_ASCII_SEPARATORS = bytes(b if chr(b).isalnum() or chr(b) == "_" else 0x20 for b in range(128)) + bytes(
-    range(128, 256)
-)
-
-
 @functools.lru_cache(maxsize=64)
 def normalise_words(text: str) -> tuple[str, ...]:
     """Return the lower-cased word tokens of ``text`` after Unicode normalisation: what
     ``_WORDS.findall`` returns on its NFKC form, case-folded."""
     if text.isascii():  # casefold() is lower() there, and NFKC changes nothing
-        return tuple(text.lower().encode("ascii").translate(_ASCII_SEPARATORS).decode("ascii").split())
+        return tuple(find_words(text.lower()))
     # The quick check answers for most text at once; normalising takes as long as the search.
     if not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)

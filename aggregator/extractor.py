@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 from itertools import islice, pairwise
@@ -32,6 +32,7 @@ from lxml import etree
 from aggregator.models import ExtractedPage
 from aggregator.page_meta import page_metadata
 from aggregator.sanitize import clean_html, https_url, text_to_html
+from aggregator.words import find_words
 
 # trafilatura's downloader imports urllib3's SOCKS support, which warns when PySocks is absent;
 # we never download through trafilatura, so that warning is only noise on a user's stderr.
@@ -72,7 +73,6 @@ _PROSE_LINE_TOKENS = 12
 # Text between two parts of a split body: ads, a caption or a "read more" box, not a whole section.
 _MAX_TEXT_BETWEEN_PARTS = 1000
 _NOT_TEXT = {"script", "style", "noscript", "template"}
-_WORD = re.compile(r"\w+")
 _ALNUM = re.compile(r"[^\W_]+")  # runs of str.isalnum() characters
 # A class naming an article body: "article-body", "story__content", "entry-content", "body-text"...
 _BODY_CLASS = re.compile(
@@ -223,7 +223,9 @@ def _join_split_bodies(tree: lxml.html.HtmlElement) -> None:
     groups: dict[tuple[str, str], list[lxml.html.HtmlElement]] = defaultdict(list)
     for element in tree.iter("div", "section", "article", "main"):
         css_class = element.get("class") or ""
-        if _BODY_CLASS.search(css_class) or element.get("itemprop") == "articleBody":
+        if (_may_name_body(css_class) and _BODY_CLASS.search(css_class)) or element.get(
+            "itemprop"
+        ) == "articleBody":
             groups[(element.tag, css_class)].append(element)
     for members in groups.values():
         if len(members) < 2:
@@ -241,6 +243,15 @@ def _join_split_bodies(tree: lxml.html.HtmlElement) -> None:
                 break
             parts[0].extend(list(part))
             part.drop_tree()
+
+
+def _may_name_body(css_class: str) -> bool:
+    """Whether ``css_class`` holds a word every ``_BODY_CLASS`` match holds: most classes do
+    not, and three substring tests cost a tenth of the pattern's search."""
+    if not css_class.isascii():  # case-insensitive matching of other scripts: leave it to re
+        return bool(css_class)
+    lowered = css_class.lower()
+    return "body" in lowered or "content" in lowered or "text" in lowered
 
 
 def _holds_prose(element: lxml.html.HtmlElement) -> bool:
@@ -336,18 +347,18 @@ def _shingles(lines: Iterable[str]) -> set[tuple[str, ...]]:
     """Return the distinct 4-word shingles of ``lines`` (a line of 1-3 words is one shingle)."""
     found: set[tuple[str, ...]] = set()
     for line in lines:
-        words = _WORD.findall(line)
+        words = find_words(line)
         if words:
             found.update(tuple(words[i : i + 4]) for i in range(max(1, len(words) - 3)))
     return found
 
 
 def _count_words(text: str) -> int:
-    return len(_WORD.findall(text))
+    return len(find_words(text))
 
 
 def _words(text: str) -> str:
-    return " ".join(_WORD.findall(text))
+    return " ".join(find_words(text))
 
 
 class _Links:
@@ -356,14 +367,19 @@ class _Links:
     def __init__(self, tree: lxml.html.HtmlElement) -> None:
         self._tree = tree
         self._by_first_word: dict[str, set[str]] | None = None
+        # The trims ask about most lines more than once (in the body, then at its end).
+        self._shares: dict[str, float] = {}
 
     def _index(self) -> dict[str, set[str]]:
         if self._by_first_word is None:
-            self._by_first_word = defaultdict(set)
+            index: dict[str, set[str]] = defaultdict(set)
             for anchor in self._tree.iter("a"):
-                words = _words(anchor.text_content())
+                # Most links hold only text: then .text is their text_content(), without its
+                # XPath evaluation (the parser drops comments, so no child means no markup).
+                words = _words(anchor.text_content() if len(anchor) else anchor.text or "")
                 if words:
-                    self._by_first_word[words.split(" ", 1)[0]].add(words)
+                    index[words.split(" ", 1)[0]].add(words)
+            self._by_first_word = index
         return self._by_first_word
 
     def share(self, text: str) -> float:
@@ -372,6 +388,12 @@ class _Links:
         Inside a longer line only links of two words or more count: one-word menu links
         ("World", "Video") would otherwise make ordinary sentences look like links.
         """
+        known = self._shares.get(text)
+        if known is None:
+            known = self._shares[text] = self._share(text)
+        return known
+
+    def _share(self, text: str) -> float:
         words = _words(text)
         if not words:
             return 0.0
@@ -517,17 +539,38 @@ def _add_images(body: etree._Element, tree: lxml.html.HtmlElement, url: str | No
 
 def _paragraph_before(image: lxml.html.HtmlElement) -> lxml.html.HtmlElement | None:
     """Return the paragraph just before ``image`` if both sit in one close container."""
-    found = image.xpath("preceding::p[1]")
-    if not found:
+    paragraph = _preceding_paragraph(image)
+    if paragraph is None:
         return None
-    container = found[0]
+    container = paragraph
     ancestors = set(image.iterancestors())
     for _ in range(_IMAGE_REACH):
         container = container.getparent()
         if container is None:
             return None
         if container in ancestors:
-            return found[0]
+            return paragraph
+    return None
+
+
+def _preceding_paragraph(element: lxml.html.HtmlElement) -> lxml.html.HtmlElement | None:
+    """Return what XPath's ``preceding::p[1]`` selects: the last ``<p>`` before ``element`` in
+    document order that is not its ancestor.
+
+    The walk goes back sibling by sibling, then up, and mostly stops at the first sibling;
+    libxml2 evaluates the expression over the whole preceding part of the document, for each
+    image (a third of the image placement's time).
+    """
+    node: lxml.html.HtmlElement | None = element
+    while node is not None:
+        sibling = node.getprevious()
+        while sibling is not None:
+            # The sibling itself comes first in document order, then its descendants.
+            last = deque(sibling.iter("p"), maxlen=1)
+            if last:
+                return last[0]
+            sibling = sibling.getprevious()
+        node = node.getparent()
     return None
 
 

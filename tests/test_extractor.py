@@ -307,3 +307,71 @@ def test_trafilaturas_whole_cascade_runs_when_its_rules_alone_keep_nothing() -> 
     assert balanced is not None and len((balanced.text or "").split()) > 600
     result = extract_page(html, url)
     assert result is not None and 40 < len(result.text.split()) < 300
+
+
+def _trees_to_walk() -> list[Any]:
+    """The fixture pages, the dev pages when ../shared is here, and a page of awkward nesting."""
+    from aggregator.extractor import load_html
+
+    bodies = [page(name) for name in ("gazette-haftar", "wire-haftar", "images")]
+    bodies += [html for html, _url in _dev_pages()]
+    trees = [load_html(body) for body in bodies]
+    # The parser never nests paragraphs; a tree built by hand does: a <p> that is the image's
+    # ancestor is not before it, and the last <p> inside an earlier sibling is.
+    from lxml import etree
+
+    root = etree.fromstring(
+        "<html><body><p>first</p><div><p>a<p>deep</p></p><span/></div>"
+        "<p>outer<img src='/x.jpg'/><div><img src='/y.jpg'/></div></p>"
+        "<section><img src='/z.jpg'/></section><p/><div><div><img src='/w.jpg'/></div></div></body></html>"
+    )
+    return [tree for tree in trees if tree is not None] + [root]
+
+
+def test_the_paragraph_before_an_image_is_what_xpaths_preceding_axis_selects() -> None:
+    from aggregator.extractor import _preceding_paragraph
+
+    compared = found = 0
+    for tree in _trees_to_walk():
+        for element in tree.iter():
+            if not isinstance(element.tag, str):
+                continue
+            expected = element.xpath("preceding::p[1]")
+            assert _preceding_paragraph(element) is (expected[0] if expected else None)
+            compared += 1
+            found += bool(expected)
+    assert compared > 1000 and found > 500  # the walk met both answers, often
+
+
+def test_the_link_index_reads_each_links_text_as_text_content_does() -> None:
+    from collections import defaultdict
+
+    from aggregator.extractor import _Links, _words
+
+    for tree in _trees_to_walk():
+        expected: dict[str, set[str]] = defaultdict(set)
+        for anchor in tree.iter("a"):
+            if words := _words(anchor.text_content()):
+                expected[words.split(" ", 1)[0]].add(words)
+        assert _Links(tree)._index() == expected
+    links = _Links(_trees_to_walk()[0])
+    line = "Read the full story of the day"
+    assert links.share(line) == links.share(line) == links._share(line)  # the memo is the answer
+
+
+def test_only_classes_the_body_pattern_can_match_are_searched_with_it() -> None:
+    import random
+
+    from aggregator.extractor import _BODY_CLASS, _may_name_body
+
+    classes = {c for tree in _trees_to_walk() for e in tree.iter() if (c := e.get("class"))}
+    rng = random.Random(3)
+    parts = ["article", "Story", "ENTRY", "post", "main", "body", "Content", "TEXT", "copy"]
+    parts += ["-", "_", " ", "x", "ſ", "K"]  # the long s and the Kelvin sign fold to s and k
+    classes |= {"".join(rng.choice(parts) for _ in range(rng.randint(1, 6))) for _ in range(5000)}
+    matched = 0
+    for css_class in classes:
+        if _BODY_CLASS.search(css_class):
+            assert _may_name_body(css_class), css_class
+            matched += 1
+    assert matched > 500
