@@ -262,3 +262,44 @@ def test_https_connections_are_verified_and_reused() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("use_tls", [False, True])
+def test_a_kept_alive_connection_the_server_closed_is_not_reused(use_tls: bool) -> None:
+    """The server answers as if keeping the connection, then closes it while it sits in the pool:
+    the next request must go over a new connection, not fail on the dead one."""
+    import ssl
+
+    import trustme
+
+    authority = trustme.CA()
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    opened: list[int] = []
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(1)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/rss+xml\r\n")
+        writer.write(b"Content-Length: 6\r\n\r\n<rss/>")
+        await writer.drain()
+        writer.close()  # no "Connection: close": the client believes it may reuse it
+
+    async def go() -> list[bytes]:
+        server = await asyncio.start_server(
+            answer_once, "127.0.0.1", 0, ssl=server_context if use_tls else None
+        )
+        port = server.sockets[0].getsockname()[1]
+        url = f"{'https' if use_tls else 'http'}://127.0.0.1:{port}/feed"
+        settings = FetchSettings(allow_private_networks=True, timeout="5s", concurrency=1)
+        bodies = []
+        async with server, Fetcher(settings, ssl_context=client_context) as fetcher:
+            for _ in range(3):
+                bodies.append((await fetcher.fetch(url)).body)
+                await asyncio.sleep(0.05)  # the close reaches the client while the connection idles
+        return bodies
+
+    assert asyncio.run(go()) == [b"<rss/>"] * 3
+    assert len(opened) == 3
