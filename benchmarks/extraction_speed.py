@@ -5,11 +5,11 @@ serving those real pages, with the share of the pass that is not trafilatura's o
     python -m benchmarks.extraction_speed [--data DIR] [--repeats N]
 
 CPU times, not wall times, make the shares (the machine is shared): the pass's is the rusage of
-the whole process tree (the command and its workers, reaped); extraction is measured apart, in a
-fresh process, on the same 200 pages in the same order, with trafilatura's own calls
-(its page loader's steps in aggregator.extractor.load_html, bare_extraction, and its metadata
-steps in aggregator.page_meta) timed inside it, and what the workers skip for the farm's entries
-(extract_page's feed_has: the farm's items are dated).
+the whole process tree (the command and its workers, reaped); trafilatura's own calls (its page
+loader's steps in aggregator.extractor.load_html, bare_extraction, and its metadata steps in
+aggregator.page_meta) are timed inside the pass's workers (benchmarks.timed_fetch), so both
+terms of a share come from the same processes at the same moment. Only the start-up (the
+imports of the command and its workers) is measured apart, in fresh interpreters.
 """
 
 from __future__ import annotations
@@ -30,10 +30,12 @@ from typing import Any
 
 import yaml
 
-from benchmarks.farm import ENTRY_GIVES, start_farm
+from benchmarks import timed_fetch
+from benchmarks.farm import start_farm
 from benchmarks.measure import run_measured
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "extraction" / "dev"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "extraction" / "dev"
 
 
 def _extract(html: bytes) -> int:
@@ -61,57 +63,12 @@ def pages_per_second(pages: list[bytes], workers: int, rounds: int = 2) -> float
     return rounds * len(pages) / elapsed
 
 
-# trafilatura's own work in extract_page; everything else there (the split-body join, the trims,
-# images, rendering and sanitising, and trafilatura helpers called for them) is ours.
-# page_metadata is trafilatura's metadata steps, in its order, less those we never read;
-# load_html is trafilatura.load_html's steps with a parser that picks element classes in C.
-_TRAFILATURA_CALLS = (
-    ("aggregator.extractor", "load_html"),
-    ("trafilatura", "bare_extraction"),
-    ("aggregator.extractor", "page_metadata"),
-)
-
-
-def _extraction_cpu(data: str, count: int) -> tuple[float, float]:
-    """In a fresh process: CPU seconds of extract_page and of trafilatura's calls in it, ``count`` pages."""
-    import importlib
-
-    from aggregator.extractor import extract_page
-
-    pages = [p.read_bytes() for p in sorted((Path(data) / "html").glob("*.html"))]
-    extract_page(pages[0], "https://news.example/story")  # warm-up: trafilatura's lazy set-up
-    inside = [0.0]
-
-    def timed(function: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            started = time.process_time()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                inside[0] += time.process_time() - started
-
-        return call
-
-    for module_name, name in _TRAFILATURA_CALLS:
-        module = importlib.import_module(module_name)
-        setattr(module, name, timed(getattr(module, name)))
-    started = time.process_time()
-    for i in range(count):
-        # The same pages in the same order as the farm serves them to `aggregator fetch`, and
-        # what the workers skip for the farm's entries.
-        extract_page(pages[i % len(pages)], "https://news.example/story", feed_has=ENTRY_GIVES)
-    return time.process_time() - started, inside[0]
-
-
-def extraction_cpu_seconds(data: Path, count: int) -> tuple[float, float]:
-    """Return (extract_page, trafilatura's own) CPU seconds for ``count`` pages, as in a worker."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_extraction_cpu, str(data), count).result()
+_TIMED_FETCH = [sys.executable, "-m", "benchmarks.timed_fetch", "fetch"]
 
 
 def end_to_end(data: Path, feeds: int = 10, latency_ms: int = 50) -> dict[str, Any]:
-    """`aggregator fetch` with full text on: wall time, CPU time, peak RSS, overhead share."""
+    """`aggregator fetch` with full text on (through ``benchmarks.timed_fetch``, which times
+    trafilatura's calls inside the workers): wall time, CPU time, peak RSS and the split."""
     with start_farm(feeds, latency_ms, pages_dir=data / "html") as base, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "feeds.yaml").write_text(
@@ -122,13 +79,18 @@ def end_to_end(data: Path, feeds: int = 10, latency_ms: int = 50) -> dict[str, A
             "fetch": {"allow_private_networks": True, "timeout": "60s", "per_host": 32},
         }
         (folder / "aggregator.yaml").write_text(yaml.safe_dump(config))
+        records = folder / "split"
+        records.mkdir()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         m = run_measured(
-            [sys.executable, "-m", "aggregator", "fetch", "--config", str(folder / "aggregator.yaml")]
+            [*_TIMED_FETCH, "--config", str(folder / "aggregator.yaml")],
+            env={timed_fetch.ENV: str(records)},
+            cwd=str(ROOT),
         )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if m.returncode != 0:
-        raise RuntimeError(m.stderr[-2000:])
+        if m.returncode != 0:
+            raise RuntimeError(m.stderr[-2000:])
+        split = timed_fetch.read(records)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     match = re.search(r"in ([\d.]+)s", m.stdout)
     return {
@@ -137,6 +99,7 @@ def end_to_end(data: Path, feeds: int = 10, latency_ms: int = 50) -> dict[str, A
         "cpu_s": cpu,
         "rss_mb": m.peak_rss_mb,
         "summary": m.stdout.strip(),
+        "split": split,
     }
 
 
@@ -176,22 +139,37 @@ def run(data: Path = DEFAULT_DATA, repeats: int = 3) -> dict[str, Any]:
     rounds = []
     for _ in range(repeats):
         e2e = end_to_end(data)
-        extraction, trafilatura_own = extraction_cpu_seconds(data, 200)
         startup = startup_cpu_seconds(workers)
         steady = e2e["cpu_s"] - startup
+        workers_cpu = e2e["split"]["workers"]
+        trafilatura_own = workers_cpu["traf"]
+        # Start-up as the pass itself saw it: all the command did before its pass began (with
+        # a new database's migrations) and the workers' import of the extractor.
+        before = e2e["split"]["command"]["before_pass"] + workers_cpu["startup"]
+        in_pass = e2e["cpu_s"] - before
         rounds.append(
             {
                 "end_to_end": e2e,
-                "extraction_cpu_s": extraction,
+                "extraction_cpu_s": workers_cpu["extract_page"],
                 "trafilatura_cpu_s": trafilatura_own,
                 "startup_cpu_s": startup,
+                # Where the rest goes: the command's process (its start-up included), the
+                # workers outside extract_page (their start-up, parsing, storing, the pool's
+                # hand-off) and our code inside it.
+                "command_cpu_s": e2e["split"]["command"]["total"],
+                "workers_outside_cpu_s": workers_cpu["total"] - workers_cpu["extract_page"],
+                "ours_in_extraction_cpu_s": workers_cpu["extract_page"] - trafilatura_own,
                 # Everything but extract_page, as a share of the pass's CPU (start-up included).
-                "overhead_share": max(0.0, 1 - extraction / e2e["cpu_s"]),
+                "overhead_share": max(0.0, 1 - workers_cpu["extract_page"] / e2e["cpu_s"]),
                 # The same without the fixed cost of starting the command and its workers (the
                 # service pays it once, not per article).
-                "overhead_share_steady": max(0.0, 1 - extraction / steady) if steady > 0 else None,
+                "overhead_share_steady": (
+                    max(0.0, 1 - workers_cpu["extract_page"] / steady) if steady > 0 else None
+                ),
                 # Everything but trafilatura's own calls (our extractor code counts as ours too).
                 "own_share_steady": max(0.0, 1 - trafilatura_own / steady) if steady > 0 else None,
+                "startup_in_pass_cpu_s": before,
+                "own_share_in_pass": max(0.0, 1 - trafilatura_own / in_pass) if in_pass > 0 else None,
             }
         )
     rounds.sort(key=lambda r: r["own_share_steady"] if r["own_share_steady"] is not None else 1.0)
@@ -225,17 +203,23 @@ def table(result: dict[str, Any]) -> str:
         f"| {e2e['wall_s']:.1f} s | | |\n"
         f"| … the pass itself | {e2e['pass_s']} s | | |\n"
         f"| … CPU time of the process tree | {e2e['cpu_s']:.1f} s | | |\n"
-        f"| … of which `extract_page` (200 pages, measured apart in a fresh process) | "
-        f"{result['extraction_cpu_s']:.1f} s | | |\n"
-        f"| … of which trafilatura's own calls in it | {result['trafilatura_cpu_s']:.1f} s | | |\n"
-        f"| … start-up of the command and its {result['cores']} workers (imports) | "
+        f"| … of which `extract_page`, in the workers | {result['extraction_cpu_s']:.1f} s | | |\n"
+        f"| … … of which trafilatura's own calls | {result['trafilatura_cpu_s']:.1f} s | | |\n"
+        f"| … … of which our extractor code | {result['ours_in_extraction_cpu_s']:.1f} s | | |\n"
+        f"| … the workers outside `extract_page` (start-up, parsing, storing, hand-off) | "
+        f"{result['workers_outside_cpu_s']:.1f} s | | |\n"
+        f"| … the command's process (start-up, HTTP, the pipeline) | {result['command_cpu_s']:.1f} s | | |\n"
+        f"| … start-up of the command and its {result['cores']} workers (imports, measured apart) | "
         f"{result['startup_cpu_s']:.1f} s | | |\n"
         f"| … all but `extract_page`, share of the CPU, start-up included | "
         f"{100 * result['overhead_share']:.0f} % | {_range(result, 'overhead_share')} | |\n"
         f"| … all but `extract_page`, start-up excluded | "
         f"{100 * result['overhead_share_steady']:.0f} % | {_range(result, 'overhead_share_steady')} | |\n"
-        f"| … all but trafilatura's own time, start-up excluded | "
+        f"| … all but trafilatura's own time, start-up (imports, measured apart) excluded | "
         f"{100 * result['own_share_steady']:.0f} % | {_range(result, 'own_share_steady')} | < 15 % |\n"
+        f"| … all but trafilatura's own time, start-up as the pass saw it "
+        f"({result['startup_in_pass_cpu_s']:.1f} s: all before the pass began) excluded | "
+        f"{100 * result['own_share_in_pass']:.0f} % | {_range(result, 'own_share_in_pass')} | < 15 % |\n"
         f"| … peak RSS (process tree, highest round) | {result['peak_rss_mb']:.0f} MB | | < 400 MB |\n"
     )
 
