@@ -1215,14 +1215,19 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
 
     A story that a digest run has included (sent or about to be) keeps its representative: the
     late copy is covered by it and never sent, and the digest's record stays true.
+
+    Core statements on the session's connection, the moves of all stories in two executemany
+    calls: the ORM's bulk UPDATE prepared its session synchronisation for each statement, and
+    this function was two fifths of storing a feed's pages when most were copies.
     """
+    connection = session.connection()
     joined = select(Article.duplicate_of).where(
         Article.feed_id == feed_id, Article.first_seen == now, Article.duplicate_of.is_not(None)
     )
-    roots = sorted(set(session.scalars(joined)))
+    roots = sorted(set(connection.scalars(joined)))
     members: dict[int, list[tuple[tuple[datetime, int], int]]] = {}
     for chunk in _chunks(roots):
-        rows = session.execute(
+        rows = connection.execute(
             select(Article.id, Article.duplicate_of, Article.published, Article.first_seen).where(
                 or_(Article.id.in_(chunk), Article.duplicate_of.in_(chunk))
             )
@@ -1238,21 +1243,34 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
     included: set[int] = set()
     for chunk in _chunks(moved_ids):
         included.update(
-            session.scalars(
+            connection.scalars(
                 select(DigestItem.article_id)
                 .join(DigestRun, DigestRun.id == DigestItem.run_id)
                 .where(DigestRun.status.in_(("sent", "pending")), DigestItem.article_id.in_(chunk))
             )
         )
-    for root, lead in moves.items():
-        if any(article_id in included for _, article_id in members[root]):
-            continue
-        session.execute(
-            update(Article)
-            .where(or_(Article.id == root, Article.duplicate_of == root), Article.id != lead)
-            .values(duplicate_of=lead)
-        )
-        session.execute(update(Article).where(Article.id == lead).values(duplicate_of=None))
+    # Each story's copies are its own (members is keyed by story), so the moves are independent.
+    leads = [
+        {"root": root, "lead": lead}
+        for root, lead in moves.items()
+        if not any(article_id in included for _, article_id in members[root])
+    ]
+    if leads:
+        connection.execute(_POINT_AT_LEAD, leads)
+        connection.execute(_LEAD_STANDS_ALONE, leads)
+
+
+_articles = Article.__table__
+# The copies of story :root, and the story's old representative, point at its new one, :lead.
+_POINT_AT_LEAD = (
+    update(_articles)
+    .where(
+        or_(_articles.c.id == bindparam("root"), _articles.c.duplicate_of == bindparam("root")),
+        _articles.c.id != bindparam("lead"),
+    )
+    .values(duplicate_of=bindparam("lead"))
+)
+_LEAD_STANDS_ALONE = update(_articles).where(_articles.c.id == bindparam("lead")).values(duplicate_of=None)
 
 
 def _add_band_keys(by_band: dict[int, int | list[int]], keys: Sequence[int], holder: int) -> None:

@@ -669,6 +669,35 @@ def test_the_earliest_published_copy_is_the_representative_and_the_digest_lead(s
     assert sorted(item.copy_ids) == sorted([seen["a1#id"], seen["b1#id"], seen["c1#id"]])
 
 
+def test_one_batch_moves_the_representatives_of_several_stories_at_once(store: Store) -> None:
+    # Two stories, each with two copies stored; one feed then brings an earlier copy of each,
+    # and of a third story whose only copy was sent: both unsent stories change representative
+    # in the same transaction, the sent one keeps its own.
+    store_batch(store, FEED_A, [published_at(copy("a1", "haftar-herald", FEED_A), 9)])
+    store_batch(store, FEED_A, [published_at(copy("a2", "flood-herald", FEED_A), 9)])
+    store_batch(store, FEED_A, [published_at(copy("a3", "fire-herald", FEED_A), 9)])
+    sent = [a.id for a in store.list_articles() if a.url.endswith("/a3")]
+    store.finish_digest_run(store.begin_digest_run("daily", "daily:r", "<m@x>", sent, NOW), NOW)
+    store_batch(
+        store,
+        FEED_B,
+        [
+            published_at(copy("b1", "haftar-metro", FEED_B), 10),
+            published_at(copy("b2", "flood-metro", FEED_B), 10),
+        ],
+    )
+    later = [
+        published_at(copy("c1", "haftar-wire", FEED_C), 5),
+        published_at(copy("c2", "flood-wire", FEED_C), 6),
+        published_at(copy("c3", "fire-wire", FEED_C), 4),
+    ]
+    assert store_batch(store, FEED_C, later) == (3, 3)
+    seen = by_key(store)
+    assert seen["c1"] is None and seen["a1"] == seen["b1"] == seen["c1#id"]
+    assert seen["c2"] is None and seen["a2"] == seen["b2"] == seen["c2#id"]
+    assert seen["a3"] is None and seen["c3"] == seen["a3#id"]  # sent: kept
+
+
 def test_a_story_already_sent_keeps_its_representative(store: Store) -> None:
     store_batch(store, FEED_A, [published_at(copy("a1", "haftar-herald", FEED_A), 9)])
     sent = [a.id for a in store.list_articles()]
