@@ -260,10 +260,10 @@ class Pipeline:
         pool = self._pool()
         try:
             # The worker gives up at the limit itself; this wait is the backstop for a worker
-            # stuck in C code that the alarm cannot interrupt.
-            page = await asyncio.wait_for(
-                self._cpu(extract, result.body, result.final_url, selector, limit, feed_has), limit * 2 + 5
-            )
+            # stuck in C code that the alarm cannot interrupt. (asyncio.timeout, not wait_for:
+            # no task of its own for each page.)
+            async with asyncio.timeout(limit * 2 + 5):
+                page = await self._cpu(extract, result.body, result.final_url, selector, limit, feed_has)
         except TimeoutError:
             log.warning("extraction timed out url=%s limit=%ss", url, limit)
             if pool is not None:
