@@ -223,9 +223,8 @@ def _join_split_bodies(tree: lxml.html.HtmlElement) -> None:
     groups: dict[tuple[str, str], list[lxml.html.HtmlElement]] = defaultdict(list)
     for element in tree.iter("div", "section", "article", "main"):
         css_class = element.get("class") or ""
-        if (_may_name_body(css_class) and _BODY_CLASS.search(css_class)) or element.get(
-            "itemprop"
-        ) == "articleBody":
+        named = _may_name_body(css_class) and _BODY_CLASS.search(css_class)
+        if named or element.get("itemprop") == "articleBody":
             groups[(element.tag, css_class)].append(element)
     for members in groups.values():
         if len(members) < 2:
@@ -557,9 +556,9 @@ def _preceding_paragraph(element: lxml.html.HtmlElement) -> lxml.html.HtmlElemen
     """Return what XPath's ``preceding::p[1]`` selects: the last ``<p>`` before ``element`` in
     document order that is not its ancestor.
 
-    The walk goes back sibling by sibling, then up, and mostly stops at the first sibling;
-    libxml2 evaluates the expression over the whole preceding part of the document, for each
-    image (a third of the image placement's time).
+    The walk goes back sibling by sibling, then up, and stops at the first sibling that holds
+    a paragraph; libxml2 evaluated the expression over the whole preceding part of the
+    document, for each image.
     """
     node: lxml.html.HtmlElement | None = element
     while node is not None:

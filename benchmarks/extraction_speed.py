@@ -125,7 +125,7 @@ def startup_cpu_seconds(workers: int) -> float:
 
 
 def run(data: Path = DEFAULT_DATA, repeats: int = 3) -> dict[str, Any]:
-    """Throughput, then ``repeats`` rounds of (end-to-end pass, extraction apart, start-up).
+    """Throughput, then ``repeats`` rounds of (end-to-end pass with its split, start-up apart).
 
     Each round gives its own shares, so machine noise that lasts a round moves both terms of a
     share together; the table shows the median round and the range.
