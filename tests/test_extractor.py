@@ -340,7 +340,9 @@ def test_the_paragraph_before_an_image_is_what_xpaths_preceding_axis_selects() -
             assert _preceding_paragraph(element) is (expected[0] if expected else None)
             compared += 1
             found += bool(expected)
-    assert compared > 1000 and found > 500  # the walk met both answers, often
+    # The walk met both answers, often: 498 elements of the fixture pages alone, 339 with a
+    # paragraph before them (hundreds of thousands more with the dev pages of ../shared).
+    assert compared > 400 and found > 250 and compared - found > 100
 
 
 def test_the_link_index_reads_each_links_text_as_text_content_does() -> None:
