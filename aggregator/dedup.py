@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 # third of a second of every command's start-up, and the service's own process of a refresh with
 # worker processes needs neither.
 
-_WORDS = re.compile(r"\w+", re.UNICODE)
 # Texts shorter than this are too generic ("Read more", a headline) to merge on text alone.
 MIN_WORDS_FOR_TEXT_MATCH = 50
 
@@ -128,14 +127,14 @@ def repeated_guids(entries: tuple[ParsedEntry, ...]) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=64)
 def normalise_words(text: str) -> tuple[str, ...]:
-    """Return the lower-cased word tokens of ``text`` after Unicode normalisation: what
-    ``_WORDS.findall`` returns on its NFKC form, case-folded."""
+    r"""Return the lower-cased word tokens of ``text`` after Unicode normalisation: the ``\w+``
+    words (``words.find_words``) of its NFKC form, case-folded."""
     if text.isascii():  # casefold() is lower() there, and NFKC changes nothing
         return tuple(find_words(text.lower()))
     # The quick check answers for most text at once; normalising takes as long as the search.
     if not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)
-    return tuple(_WORDS.findall(text.casefold()))
+    return tuple(find_words(text.casefold()))
 
 
 def text_hash(text: str) -> str | None:

@@ -1260,19 +1260,6 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
         connection.execute(_LEAD_STANDS_ALONE, leads)
 
 
-_articles = Article.__table__
-# The copies of story :root, and the story's old representative, point at its new one, :lead.
-_POINT_AT_LEAD = (
-    update(_articles)
-    .where(
-        or_(_articles.c.id == bindparam("root"), _articles.c.duplicate_of == bindparam("root")),
-        _articles.c.id != bindparam("lead"),
-    )
-    .values(duplicate_of=bindparam("lead"))
-)
-_LEAD_STANDS_ALONE = update(_articles).where(_articles.c.id == bindparam("lead")).values(duplicate_of=None)
-
-
 def _add_band_keys(by_band: dict[int, int | list[int]], keys: Sequence[int], holder: int) -> None:
     """Record that ``holder`` (an article id, or a position in a batch) has ``keys``: each key maps
     to its one holder, or to a list when several have it. A key another article holds is rare
@@ -1555,7 +1542,19 @@ _FEED_SUCCESS = {
     located: _DriverQuery(_feed_fetched(location=located, modified=True)) for located in (False, True)
 }
 _FEED_NOT_MODIFIED = {located: _feed_fetched(location=located, modified=False) for located in (False, True)}
-_ARTICLE_INSERT = _DriverQuery(Article.__table__.insert())
+_articles = Article.__table__
+_ARTICLE_INSERT = _DriverQuery(_articles.insert())
+# A story's new representative (_lead_with_earliest_published): the story's copies, and its old
+# representative, point at :lead, which stands alone.
+_POINT_AT_LEAD = (
+    update(_articles)
+    .where(
+        or_(_articles.c.id == bindparam("root"), _articles.c.duplicate_of == bindparam("root")),
+        _articles.c.id != bindparam("lead"),
+    )
+    .values(duplicate_of=bindparam("lead"))
+)
+_LEAD_STANDS_ALONE = update(_articles).where(_articles.c.id == bindparam("lead")).values(duplicate_of=None)
 
 
 def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
