@@ -1,4 +1,4 @@
-from aggregator.cli import main
+from aggregator.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -151,6 +152,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def entry(argv: Sequence[str] | None = None) -> int:
+    """The program's entry point (the ``aggregator`` script, ``python -m aggregator``): ``main``,
+    then an exit that does not walk the heap.
+
+    The interpreter's teardown runs full garbage collections over every object alive, most of
+    them made by the imports: 0.3-0.5 s of CPU after ``aggregator fetch`` was done, a fifth of
+    all the command's own CPU in a pass of 200 new articles. Frozen objects are left out of
+    those collections and go back to the system with the process. Not in ``main``, which tests
+    and other programs call in their own process.
+    """
+    try:
+        return main(argv)
+    finally:
+        gc.freeze()
 
 
 def _settings(args: argparse.Namespace) -> Settings:

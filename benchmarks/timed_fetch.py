@@ -2,7 +2,7 @@
 
     BENCH_SPLIT_DIR=DIR python -m benchmarks.timed_fetch fetch --config aggregator.yaml
 
-Runs the real command (``aggregator.cli.main``), with timers put around the worker steps and
+Runs the real command (``aggregator.cli.entry``), with timers put around the worker steps and
 around trafilatura's calls in ``extract_page`` before the command imports the pipeline. The
 workers are forked (``aggregator fetch`` on Linux), so they inherit the timers. Each process
 writes a JSON record of CPU seconds into DIR when it exits: a worker at its pool's shutdown
@@ -121,7 +121,7 @@ def main() -> int:
     if not os.environ.get(ENV):
         raise SystemExit(f"set {ENV} to the folder for the records")
     _install()
-    from aggregator.cli import main as command
+    from aggregator.cli import entry as command
 
     return command(sys.argv[1:])
 

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
 
-from aggregator.cli import build_parser, main
+from aggregator.cli import build_parser, entry, main
 
 from .conftest import SHARED, ConfigWriter, free_port, serve, wait_for
 
@@ -35,6 +37,22 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
         main([*command, "--help"])
     assert caught.value.code == 0
     assert "usage: aggregator" in capsys.readouterr().out
+
+
+def test_the_program_enters_through_entry_which_freezes_the_heap_on_the_way_out(
+    write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "aggregator"]
+    assert script.value == "aggregator.cli:entry"
+    assert "import entry" in (Path(__file__).parents[1] / "aggregator" / "__main__.py").read_text()
+    bad = write_config(fetch={"timeout": "forever"})
+    gc.unfreeze()
+    try:
+        assert entry(["check-config", "--config", str(bad)]) == 2  # main's code, unchanged
+        assert "fetch.timeout" in capsys.readouterr().err
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # the rest of this test process collects as usual
 
 
 def test_every_command_takes_config() -> None:
