@@ -9,6 +9,7 @@ connection (rebinding), and every redirect hop is checked the same way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import select
 import socket
@@ -20,6 +21,13 @@ from urllib.parse import urljoin, urlsplit
 
 import httpcore
 import httpx
+
+# httpcore's locks are anyio's, and anyio imports its asyncio backend (27 modules, 0.1-0.15 s of
+# CPU) on first use: inside the first request, which waited for it, in the middle of a pass.
+# Imported with the fetcher, it is part of the start-up. A private module: should anyio move
+# it, the first request imports it again, as before.
+with contextlib.suppress(ImportError):
+    import anyio._backends._asyncio  # noqa: F401
 
 from aggregator.config import FetchSettings
 from aggregator.errors import BlockedAddressError, FetchError

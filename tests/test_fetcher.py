@@ -303,3 +303,36 @@ def test_a_kept_alive_connection_the_server_closed_is_not_reused(use_tls: bool) 
 
     assert asyncio.run(go()) == [b"<rss/>"] * 3
     assert len(opened) == 3
+
+
+_FIRST_REQUEST = """
+import asyncio, concurrent.futures.thread, encodings.idna, sys
+from aggregator.config import FetchSettings
+from aggregator.fetcher import Fetcher
+
+async def go():
+    async with Fetcher(FetchSettings(allow_private_networks=True, timeout="5s")) as fetcher:
+        before = set(sys.modules)
+        assert (await fetcher.fetch(sys.argv[1])).body == b"ok"
+        print(sorted(set(sys.modules) - before))
+
+asyncio.run(go())
+"""
+
+
+def test_the_first_request_imports_nothing(httpserver: HTTPServer) -> None:
+    # In a fresh interpreter: what the first request imports, a pass waits for in its middle.
+    # Left out: the standard library's own, which any first name resolution imports (asyncio's
+    # thread pool, which the pipeline imports before it fetches, and the IDNA codec).
+    import subprocess
+    import sys
+
+    httpserver.expect_request("/page").respond_with_data("ok")
+    run = subprocess.run(
+        [sys.executable, "-c", _FIRST_REQUEST, f"http://127.0.0.1:{httpserver.port}/page"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
