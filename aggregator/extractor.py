@@ -21,10 +21,10 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
-from itertools import islice, pairwise
+from itertools import pairwise
 
 import lxml.html
 from lxml import etree
@@ -105,7 +105,7 @@ _PIXEL_SIZES = {"0", "1", "0px", "1px"}
 # How far above an article paragraph an image and that paragraph may meet: the paragraph's
 # container (a figure between paragraphs) or the one around it, not the page's wrapper.
 _IMAGE_REACH = 2
-# Each image looks back for its paragraph (an XPath walk): a bound for pages made of thumbnails.
+# Images looked at on a page: a bound for pages made of thumbnails.
 _MAX_IMAGES = 300
 
 
@@ -361,25 +361,45 @@ def _words(text: str) -> str:
 
 
 class _Links:
-    """The texts of a page's links, to tell how much of a line is link text."""
+    """The texts of a page's links, to tell how much of a line is link text.
+
+    Also the words of the lines the trims look at: they ask about most lines more than once (in
+    the body, then at its end), so both answers are kept.
+    """
 
     def __init__(self, tree: lxml.html.HtmlElement) -> None:
         self._tree = tree
-        self._by_first_word: dict[str, set[str]] | None = None
-        # The trims ask about most lines more than once (in the body, then at its end).
+        self._texts: set[str] | None = None  # every link's words, joined by one space
+        # Links of two words or more by their first word, padded with a space each side, and
+        # their number of words: the ones that count inside a longer line.
+        self._long: dict[str, list[tuple[str, int]]] = {}
         self._shares: dict[str, float] = {}
+        self._words: dict[str, list[str]] = {}
 
-    def _index(self) -> dict[str, set[str]]:
-        if self._by_first_word is None:
-            index: dict[str, set[str]] = defaultdict(set)
-            for anchor in self._tree.iter("a"):
-                # Most links hold only text: then .text is their text_content(), without its
-                # XPath evaluation (the parser drops comments, so no child means no markup).
-                words = _words(anchor.text_content() if len(anchor) else anchor.text or "")
-                if words:
-                    index[words.split(" ", 1)[0]].add(words)
-            self._by_first_word = index
-        return self._by_first_word
+    def _index(self) -> set[str]:
+        if self._texts is None:
+            # Most links hold only text: then .text is their text_content(), without its XPath
+            # evaluation (the parser drops comments, so no child means no markup). Menus and
+            # share bars repeat link texts: each distinct text is split once.
+            raw = {
+                anchor.text_content() if len(anchor) else anchor.text or "" for anchor in self._tree.iter("a")
+            }
+            self._texts = texts = {words for words in map(_words, raw) if words}
+            for words in texts:
+                first, space, _ = words.partition(" ")
+                if space:
+                    self._long.setdefault(first, []).append((f" {words} ", words.count(" ") + 1))
+        return self._texts
+
+    def words(self, text: str) -> list[str]:
+        """``find_words(text)``, kept."""
+        known = self._words.get(text)
+        if known is None:
+            known = self._words[text] = find_words(text)
+        return known
+
+    def count(self, text: str) -> int:
+        return len(self.words(text))
 
     def share(self, text: str) -> float:
         """Return the share of the words of ``text`` that are the text of some link.
@@ -393,20 +413,15 @@ class _Links:
         return known
 
     def _share(self, text: str) -> float:
-        words = _words(text)
-        if not words:
+        tokens = self.words(text)
+        if not tokens:
             return 0.0
-        index = self._index()
-        tokens = words.split(" ")
-        if words in index.get(tokens[0], ()):
+        words = " ".join(tokens)
+        if words in self._index():
             return 1.0
         padded = f" {words} "
-        linked = sum(
-            link.count(" ") + 1
-            for first in set(tokens)
-            for link in index.get(first, ())
-            if " " in link and f" {link} " in padded
-        )
+        long = self._long
+        linked = sum(count for first in set(tokens) for link, count in long.get(first, ()) if link in padded)
         return min(1.0, linked / len(tokens))
 
 
@@ -415,23 +430,23 @@ def _block_text(block: etree._Element) -> str:
 
 
 def _is_link_line(text: str, links: _Links) -> bool:
-    return _count_words(text) > 0 and links.share(text) >= 0.8
+    return links.count(text) > 0 and links.share(text) >= 0.8
 
 
 def _is_link_list(block: etree._Element, links: _Links) -> bool:
     """A list whose items all hold a link and are short: related stories, a link roll."""
     if block.tag != "list":
         return False
-    items = [text for text in (_block_text(item) for item in block) if _count_words(text)]
+    items = [text for text in (_block_text(item) for item in block) if links.count(text)]
     return (
         bool(items)
         and all(links.share(text) > 0 for text in items)
-        and sum(map(_count_words, items)) <= 25 * len(items)
+        and sum(map(links.count, items)) <= 25 * len(items)
     )
 
 
-def _is_label(block: etree._Element, text: str) -> bool:
-    words = _count_words(text)
+def _is_label(block: etree._Element, text: str, links: _Links) -> bool:
+    words = links.count(text)
     return 0 < words <= _LABEL_TOKENS and (block.tag == "head" or not _SENTENCE_END.search(text))
 
 
@@ -440,7 +455,7 @@ def _is_labelled_link(text: str, links: _Links) -> bool:
     label = _LINK_LABEL.match(text)
     return (
         label is not None
-        and _count_words(text[label.end() :]) >= 3
+        and links.count(text[label.end() :]) >= 3
         and _is_link_line(text[label.end() :], links)
     )
 
@@ -452,7 +467,7 @@ def _trim(body: etree._Element, links: _Links) -> None:
     drop: set[int] = set()
     # Leading headings: the headline, a standfirst or a kicker, never the body's first paragraph.
     for block in blocks:
-        if block.tag != "head" and _count_words(texts[id(block)]):
+        if block.tag != "head" and links.count(texts[id(block)]):
             break
         drop.add(id(block))
     if len(drop) == len(blocks):
@@ -470,22 +485,22 @@ def _trim(body: etree._Element, links: _Links) -> None:
             continue
         if len(run) >= 2:
             drop.update(id(blocks[i]) for i in run)
-            if run[0] > 0 and _is_label(blocks[run[0] - 1], texts[id(blocks[run[0] - 1])]):
+            if run[0] > 0 and _is_label(blocks[run[0] - 1], texts[id(blocks[run[0] - 1])], links):
                 drop.add(id(blocks[run[0] - 1]))
         run = []
     # The end: link lists, calls to action and the labels left without their section.
     trimmed = False
     for block in reversed(blocks):
         text = texts[id(block)]
-        if id(block) in drop or not _count_words(text):
+        if id(block) in drop or not links.count(text):
             drop.add(id(block))
             continue
         if (
             _is_link_line(text, links)
             or _is_link_list(block, links)
-            or (_count_words(text) <= _CALL_TO_ACTION_TOKENS and _CALL_TO_ACTION.search(text))
-            or (_count_words(text) <= _END_LABEL_TOKENS and _END_LABEL.match(text))
-            or (trimmed and _is_label(block, text))
+            or (links.count(text) <= _CALL_TO_ACTION_TOKENS and _CALL_TO_ACTION.search(text))
+            or (links.count(text) <= _END_LABEL_TOKENS and _END_LABEL.match(text))
+            or (trimmed and _is_label(block, text, links))
         ):
             drop.add(id(block))
             trimmed = True
@@ -514,35 +529,46 @@ def _add_images(body: etree._Element, tree: lxml.html.HtmlElement, url: str | No
     if not blocks:
         return
     placed: set[str] = set()
-    # Cheapest tests first: most of a page's images are icons, logos and teasers far from the text.
-    for image in islice(tree.iter("img"), _MAX_IMAGES):
-        if _is_pixel(image):
+    # One walk in document order: the paragraphs met so far are what precedes each image.
+    paragraphs: list[lxml.html.HtmlElement] = []
+    images = 0
+    for element in tree.iter("p", "img"):
+        if element.tag == "p":
+            paragraphs.append(element)
             continue
-        paragraph = _paragraph_before(image)
+        images += 1
+        if images > _MAX_IMAGES:
+            break
+        # Cheapest tests first: most of a page's images are icons, logos and teasers far from the text.
+        if _is_pixel(element):
+            continue
+        ancestors = set(element.iterancestors())
+        paragraph = _paragraph_before(_last_not_in(paragraphs, ancestors), ancestors)
         block = blocks.get(_words(paragraph.text_content())) if paragraph is not None else None
         if block is None:
             continue
         # Lazy-loading pages put a placeholder in src and the picture in data-src.
-        source = https_url(image.get("data-src") or image.get("src"), url)
+        source = https_url(element.get("data-src") or element.get("src"), url)
         if source is None or source in placed or not is_image_file(source):
             continue
-        if any(not is_image_file(link.get("href")) for link in image.iterancestors("a")):
+        if any(not is_image_file(link.get("href")) for link in element.iterancestors("a")):
             continue
         graphic = etree.Element("graphic", src=source)
-        if alt := (image.get("alt") or "").strip():
+        if alt := (element.get("alt") or "").strip():
             graphic.set("alt", alt)
         graphic.tail, block.tail = block.tail, None
         block.addnext(graphic)
         placed.add(source)
 
 
-def _paragraph_before(image: lxml.html.HtmlElement) -> lxml.html.HtmlElement | None:
-    """Return the paragraph just before ``image`` if both sit in one close container."""
-    paragraph = _preceding_paragraph(image)
+def _paragraph_before(
+    paragraph: lxml.html.HtmlElement | None, ancestors: set[lxml.html.HtmlElement]
+) -> lxml.html.HtmlElement | None:
+    """Return ``paragraph``, the one just before an image, if both sit in one close container
+    (``ancestors``: the image's)."""
     if paragraph is None:
         return None
     container = paragraph
-    ancestors = set(image.iterancestors())
     for _ in range(_IMAGE_REACH):
         container = container.getparent()
         if container is None:
@@ -552,24 +578,20 @@ def _paragraph_before(image: lxml.html.HtmlElement) -> lxml.html.HtmlElement | N
     return None
 
 
-def _preceding_paragraph(element: lxml.html.HtmlElement) -> lxml.html.HtmlElement | None:
-    """Return what XPath's ``preceding::p[1]`` selects: the last ``<p>`` before ``element`` in
-    document order that is not its ancestor.
+def _last_not_in(
+    paragraphs: list[lxml.html.HtmlElement], ancestors: set[lxml.html.HtmlElement]
+) -> lxml.html.HtmlElement | None:
+    """Return what XPath's ``preceding::p[1]`` selects for an element with these ``ancestors``,
+    given ``paragraphs``, every ``<p>`` that starts before it in document order: the last one
+    that is not its ancestor (that one holds the element; every other ends before it).
 
-    The walk goes back sibling by sibling, then up, and stops at the first sibling that holds
-    a paragraph; libxml2 evaluated the expression over the whole preceding part of the
-    document, for each image.
+    Images used to look back through the tree one by one, each a walk over the paragraphs'
+    earlier siblings; libxml2's own evaluation of the expression went over the whole preceding
+    part of the document for each.
     """
-    node: lxml.html.HtmlElement | None = element
-    while node is not None:
-        sibling = node.getprevious()
-        while sibling is not None:
-            # The sibling itself comes first in document order, then its descendants.
-            last = deque(sibling.iter("p"), maxlen=1)
-            if last:
-                return last[0]
-            sibling = sibling.getprevious()
-        node = node.getparent()
+    for paragraph in reversed(paragraphs):
+        if paragraph not in ancestors:
+            return paragraph
     return None
 
 
