@@ -522,12 +522,7 @@ def _add_images(body: etree._Element, tree: lxml.html.HtmlElement, url: str | No
     and teaser grids are further away; linked images (teasers, ads, share buttons), sources
     that do not name an image file and tracking pixels stay out.
     """
-    if tree.find(".//img") is None:
-        return
-    blocks = {_words("".join(block.itertext())): block for block in body if block.tag == "p"}
-    blocks.pop("", None)
-    if not blocks:
-        return
+    blocks: dict[str, etree._Element] | None = None  # the body's paragraphs by their words, once asked
     placed: set[str] = set()
     # One walk in document order: the paragraphs met so far are what precedes each image.
     paragraphs: list[lxml.html.HtmlElement] = []
@@ -544,7 +539,12 @@ def _add_images(body: etree._Element, tree: lxml.html.HtmlElement, url: str | No
             continue
         ancestors = set(element.iterancestors())
         paragraph = _paragraph_before(_last_not_in(paragraphs, ancestors), ancestors)
-        block = blocks.get(_words(paragraph.text_content())) if paragraph is not None else None
+        if paragraph is None:
+            continue
+        if blocks is None:
+            blocks = {_words("".join(block.itertext())): block for block in body if block.tag == "p"}
+            blocks.pop("", None)
+        block = blocks.get(_words(paragraph.text_content()))
         if block is None:
             continue
         # Lazy-loading pages put a placeholder in src and the picture in data-src.
