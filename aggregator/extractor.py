@@ -148,8 +148,7 @@ def extract_page(
     if document is None:
         return None
     title = metadata.title
-    _trim(document.body, _Links(tree))
-    text = _without_headline(xmltotxt(document.body, False).strip(), title)
+    text = _without_headline(_trim(document.body, _Links(tree)), title)
     if not text:
         return None
     _add_images(document.body, tree, url)
@@ -460,8 +459,14 @@ def _is_labelled_link(text: str, links: _Links) -> bool:
     )
 
 
-def _trim(body: etree._Element, links: _Links) -> None:
-    """Remove page furniture from trafilatura's ``body`` in place (see the module docstring)."""
+def _trim(body: etree._Element, links: _Links) -> str:
+    """Remove page furniture from trafilatura's ``body`` in place (see the module docstring);
+    return the text of what is left, a line for each block.
+
+    The blocks' texts are read here anyway, to judge them: the article's text is theirs,
+    stripped, rather than a second serialisation of the whole body (the same lines, less the
+    spaces some blocks began or ended with).
+    """
     blocks = list(body)
     texts = {id(block): _block_text(block) for block in blocks}
     drop: set[int] = set()
@@ -507,10 +512,12 @@ def _trim(body: etree._Element, links: _Links) -> None:
             continue
         break
     if len(drop) >= len(blocks):
-        return
+        drop.clear()
     for block in blocks:
         if id(block) in drop:
             body.remove(block)
+    lines = [(body.text or "").strip()] + [texts[id(block)] for block in blocks if id(block) not in drop]
+    return "\n".join(line for line in lines if line)
 
 
 def _add_images(body: etree._Element, tree: lxml.html.HtmlElement, url: str | None) -> None:

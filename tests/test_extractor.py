@@ -402,3 +402,18 @@ def test_only_classes_the_body_pattern_can_match_are_searched_with_it() -> None:
             assert _may_name_body(css_class), css_class
             matched += 1
     assert matched > 500
+
+
+@pytest.mark.skipif(not _dev_pages(), reason="../shared/data/extraction/dev is absent")
+def test_the_text_is_its_blocks_each_stripped() -> None:
+    """A block that ended in spaces before a <br> (a dev page's first paragraph) ends its line
+    without them; the lines inside a block are the block's own."""
+    html, url, _tree = _dev_page_for_passes(
+        "34a7328535ad4e60b059f81d37eec5d25c2bc8de759ce9a7b5e47ac7dc6fd1b0"
+    )
+    result = extract_page(html, url)
+    assert result is not None
+    lines = result.text.split("\n")
+    assert "make-up photos." in lines
+    assert " which were released online and are making the rounds on social media, " in lines
+    assert all(line for line in lines)
