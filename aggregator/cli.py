@@ -239,7 +239,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     finally:
         store.close()
         if workers is not None:
-            workers.shutdown(cancel_futures=True)  # closed already unless the pass never began
+            workers.shutdown()  # closed already unless the pass never began
     for outcome in outcomes:
         if not outcome.ok:
             status = f" HTTP {outcome.status}" if outcome.status else ""

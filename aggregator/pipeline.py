@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import multiprocessing
 import os
 import random
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +30,7 @@ from aggregator.parser import find_feed_links, looks_like_html
 from aggregator.polling import PollLimits, cache_max_age, poll_interval, retry_after
 from aggregator.store import FeedLocation, FeedState, NotModified, Store
 from aggregator.worker import FeedJob, Ingested, extract, finish, ingest, init_worker
+from aggregator.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,8 @@ class Pipeline:
     fetcher: Fetcher
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # Worker processes started already (start_workers); the pipeline owns and closes them.
-    workers: Executor | None = None
-    _executor: Executor | None = field(default=None, init=False)
+    workers: WorkerPool | None = None
+    _executor: WorkerPool | None = field(default=None, init=False)
     _unchanged: list[NotModified] = field(default_factory=list, init=False)
     _bounds: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False)
     _host_bounds: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False)
@@ -62,7 +61,7 @@ class Pipeline:
 
     def close(self) -> None:
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=True)
             self._executor = None
 
     async def refresh_all(
@@ -312,32 +311,30 @@ class Pipeline:
             return await asyncio.to_thread(call)
         return await self._in_pool(pool, call)
 
-    async def _in_pool(self, pool: Executor, call: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
+    async def _in_pool(self, pool: WorkerPool, call: Callable[[], T]) -> T:
         try:
-            return await loop.run_in_executor(pool, call)
+            return await pool.run(call)
         except BrokenProcessPool:
-            # A worker died (killed, out of memory, a crash in C code), and every job the pool
-            # held failed with it, most through no fault of their own: a new pool runs this
-            # one again. A job that kills its worker a second time fails for good.
+            # A worker died (killed, out of memory, a crash in C code): its job failed, and so
+            # do the pool's later ones, most through no fault of their own. A new pool runs
+            # this one again; a job that kills its worker a second time fails for good.
             self._discard(pool)
-            return await loop.run_in_executor(self._pool(), call)
+            new = self._pool()
+            assert new is not None
+            return await new.run(call)
 
-    def _discard(self, pool: Executor, *, kill: bool = False) -> None:
+    def _discard(self, pool: WorkerPool, *, kill: bool = False) -> None:
         """Stop using ``pool`` (broken, or holding a stuck worker); the next job starts another."""
         if self._executor is pool:
             self._executor = None
             log.warning("worker processes replaced: %s", "one was stuck" if kill else "one died")
         if kill:
-            # No public way to stop a pool's processes before Python 3.14 (kill_workers).
-            processes = getattr(pool, "_processes", None) or {}
-            for process in list(processes.values()):
-                process.kill()
-        # Not cancel_futures: a cancelled job would cancel the refresh awaiting it, where a
-        # failed one is run again in the new pool.
+            pool.kill()
+        # The jobs its other workers hold fail with BrokenProcessPool, and run again in the
+        # new pool.
         pool.shutdown(wait=False)
 
-    def _pool(self) -> Executor | None:
+    def _pool(self) -> WorkerPool | None:
         workers = self.settings.extract.workers
         if workers == 0:
             return None
@@ -394,7 +391,7 @@ def will_parse(state: FeedState | None) -> bool:
     return state is None or not (state.etag or state.last_modified)
 
 
-def start_workers(settings: Settings, *, fork: bool = False) -> Executor | None:
+def start_workers(settings: Settings, *, fork: bool = False) -> WorkerPool | None:
     """Start the worker processes (``extract.workers``; none for 0) and return their pool.
 
     ``fork=True`` is for a caller that holds no database connection (``aggregator fetch``,
@@ -412,15 +409,7 @@ def start_workers(settings: Settings, *, fork: bool = False) -> Executor | None:
         _import_worker_modules()
     count = workers or os.cpu_count() or 1
     method = "fork" if fork else "spawn"
-    pool = ProcessPoolExecutor(
-        max_workers=count,
-        mp_context=multiprocessing.get_context(method),
-        initializer=init_worker,
-        initargs=(settings.database_url,),
-    )
-    if fork:
-        # A pool of forked workers starts them all on its first job: now, while it is safe.
-        pool.submit(os.getpid).result()
+    pool = WorkerPool(count, method=method, initializer=init_worker, initargs=(settings.database_url,))
     log.debug("started worker processes=%d method=%s", count, method)
     return pool
 

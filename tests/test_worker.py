@@ -197,8 +197,8 @@ def test_workers_are_spawned_in_a_process_that_runs_threads(write_config: Config
         pool = start_workers(settings, fork=True)
         assert pool is not None
         try:
-            assert pool._mp_context.get_start_method() == "spawn"  # type: ignore[attr-defined]
-            assert pool.submit(os.getpid).result(timeout=60) != os.getpid()
+            assert pool.start_method == "spawn"
+            assert asyncio.run(asyncio.wait_for(pool.run(os.getpid), 60)) != os.getpid()
         finally:
             pool.shutdown()
     finally:

@@ -1,0 +1,174 @@
+"""The worker pool on its own: real processes, forked and spawned."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from aggregator.workers import RemoteTraceback, WorkerPool
+
+T = TypeVar("T")
+METHODS = ["fork", "spawn"] if sys.platform == "linux" else ["spawn"]
+
+
+def echo(value: Any, seconds: float = 0.0) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def unpicklable() -> Any:
+    return lambda: None
+
+
+def die() -> None:
+    os._exit(3)
+
+
+def run(coroutine: Awaitable[T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coroutine, 60)
+
+    return asyncio.run(bounded())
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_jobs_run_in_the_workers_and_their_outcomes_come_back(method: str) -> None:
+    pool = WorkerPool(2, method=method)
+    big = os.urandom(3 * 2**20)  # many socket buffers, both ways
+
+    async def go() -> None:
+        # The pool's first callers, together: each gets a worker of its own.
+        first = await asyncio.gather(*(pool.run(functools.partial(pid_after, 0.3)) for _ in range(2)))
+        assert len(set(first)) == 2 and os.getpid() not in first
+        pids = await asyncio.gather(*(pool.run(os.getpid) for _ in range(20)))
+        assert set(pids) <= set(first)
+        assert await pool.run(functools.partial(echo, big)) == big
+        with pytest.raises(ValueError, match="bad input") as raised:
+            await pool.run(functools.partial(fail, "bad input"))
+        assert isinstance(raised.value.__cause__, RemoteTraceback)
+        assert "in fail" in str(raised.value.__cause__)
+        with pytest.raises(RuntimeError, match="could not be sent"):
+            await pool.run(unpicklable)
+        # Neither failure cost a worker; outcomes go to their own callers.
+        values = await asyncio.gather(
+            *(pool.run(functools.partial(echo, i, 0.01 * (i % 3))) for i in range(30))
+        )
+        assert values == list(range(30))
+
+    try:
+        run(go())
+    finally:
+        pool.shutdown()
+    assert not any(process.is_alive() for process in pool.processes)
+
+
+def test_a_dead_worker_fails_its_job_and_breaks_the_pool_but_not_the_others_job() -> None:
+    pool = WorkerPool(2, method="spawn")
+
+    async def go() -> None:
+        await asyncio.gather(pool.run(os.getpid), pool.run(os.getpid))  # both started
+        slow = asyncio.ensure_future(pool.run(functools.partial(echo, "done", 0.5)))
+        await asyncio.sleep(0.1)
+        with pytest.raises(BrokenProcessPool):
+            await pool.run(die)
+        assert await slow == "done"  # the other worker's job was not lost with it
+        with pytest.raises(BrokenProcessPool):
+            await pool.run(os.getpid)
+
+    try:
+        run(go())
+    finally:
+        pool.shutdown()
+
+
+def test_a_cancelled_caller_leaves_the_worker_to_the_next_job() -> None:
+    pool = WorkerPool(1, method="spawn")
+
+    async def go() -> None:
+        first = asyncio.ensure_future(pool.run(functools.partial(echo, "first", 0.3)))
+        waiting = asyncio.ensure_future(pool.run(functools.partial(echo, "waiting")))
+        await asyncio.sleep(0.1)
+        first.cancel()
+        waiting.cancel()  # given up while waiting for the one worker
+        assert await pool.run(functools.partial(echo, "next")) == "next"  # not "first"
+        assert await pool.run(functools.partial(echo, "after")) == "after"
+
+    try:
+        run(go())
+    finally:
+        pool.shutdown()
+
+
+def test_shutdown_fails_the_waiting_jobs_and_the_workers_exit() -> None:
+    pool = WorkerPool(1, method="spawn")
+
+    async def go() -> None:
+        busy = asyncio.ensure_future(pool.run(functools.partial(echo, "busy", 0.3)))
+        waiting = asyncio.ensure_future(pool.run(os.getpid))
+        await asyncio.sleep(0.1)
+        pool.shutdown(wait=False)
+        for job in (busy, waiting):
+            with pytest.raises(BrokenProcessPool):
+                await job
+
+    run(go())
+    pool.shutdown()  # a second call: waits for the exit
+    assert not any(process.is_alive() for process in pool.processes)
+    with pytest.raises(BrokenProcessPool):
+        run(pool.run(os.getpid))
+
+
+_ORPHANS = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from aggregator.workers import WorkerPool
+pool = WorkerPool(2, method=sys.argv[2])
+print(" ".join(str(p.pid) for p in pool.processes), flush=True)
+os._exit(0)  # no shutdown: as if killed
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("method", METHODS)
+def test_workers_exit_when_the_process_that_started_them_dies(method: str) -> None:
+    # A forked worker that kept the other workers' ends of their sockets would hold them open.
+    root = str(Path(__file__).parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", _ORPHANS, root, method], capture_output=True, text=True, timeout=60
+    )
+    pids = [int(pid) for pid in out.stdout.split()]
+    assert len(pids) == 2, out.stderr
+    deadline = time.monotonic() + 30
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in pids if alive(pid)]
+    for pid in left:
+        os.kill(pid, 9)
+    assert not left
