@@ -80,7 +80,7 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self._free: list[_Worker] = []
         self._waiting: list[asyncio.Future[None]] = []
-        self._opened = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one that drives it, once it has
         self._broken = False
         self._closed = False
         for _ in range(count):
@@ -109,7 +109,11 @@ class WorkerPool:
         """Run ``call`` (picklable) in an idle worker; return what it returns or raise what it
         raises. ``BrokenProcessPool`` when its worker died or the pool is broken or shut down."""
         data = pickle.dumps(call, pickle.HIGHEST_PROTOCOL)
-        if not self._opened:
+        if self._broken or self._closed:
+            raise BrokenProcessPool("a worker process died, or the pool was shut down")
+        if self._loop is not asyncio.get_running_loop():
+            if self._loop is not None:
+                raise RuntimeError("a WorkerPool is driven from the event loop that first ran a job")
             await self._open()
         worker = await self._take()
         job: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -123,7 +127,7 @@ class WorkerPool:
         return await job
 
     async def _open(self) -> None:
-        self._opened = True
+        self._loop = asyncio.get_running_loop()
         for worker in self._workers:
             reader, worker.writer = await asyncio.open_connection(sock=worker.sock)
             worker.reading = asyncio.ensure_future(self._read(worker, reader))

@@ -172,3 +172,13 @@ def test_workers_exit_when_the_process_that_started_them_dies(method: str) -> No
     for pid in left:
         os.kill(pid, 9)
     assert not left
+
+
+def test_a_pool_belongs_to_the_event_loop_that_first_ran_a_job() -> None:
+    pool = WorkerPool(1, method="spawn")
+    try:
+        assert run(pool.run(functools.partial(echo, 1))) == 1
+        with pytest.raises(RuntimeError, match="event loop"):
+            run(pool.run(functools.partial(echo, 2)))  # its sockets belong to the first loop
+    finally:
+        pool.shutdown()
