@@ -22,13 +22,6 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
-# httpcore's locks are anyio's, and anyio imports its asyncio backend (27 modules, 0.1-0.15 s of
-# CPU) on first use: inside the first request, which waited for it, in the middle of a pass.
-# Imported with the fetcher, it is part of the start-up. A private module: should anyio move
-# it, the first request imports it again, as before.
-with contextlib.suppress(ImportError):
-    import anyio._backends._asyncio  # noqa: F401
-
 from aggregator.config import FetchSettings
 from aggregator.errors import BlockedAddressError, FetchError
 from aggregator.models import FetchResult
@@ -207,6 +200,17 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
         return None
 
 
+def _import_anyio_backend() -> None:
+    """httpcore's locks are anyio's, and anyio imports its asyncio backend (27 modules, 0.1-0.15 s
+    of CPU) on first use: inside the first request, which waited for it, in the middle of a pass.
+    Imported with the Fetcher, it is part of the start-up; not with the module, which
+    ``aggregator fetch`` imports before it forks its workers (each would count its 1.3 MB in
+    the process tree's RSS). A private module: should anyio move it, the first request imports
+    it again, as before."""
+    with contextlib.suppress(ImportError):
+        import anyio._backends._asyncio  # noqa: F401
+
+
 def _readable(sock: socket.socket | None) -> bool:
     """Whether ``sock`` has data or EOF waiting (an idle keep-alive connection: the server closed
     it); a closed socket counts as readable, so the pool drops it."""
@@ -238,6 +242,7 @@ class Fetcher:
                 (lambda _address: True) if settings.allow_private_networks else is_public_address
             )
         self.settings = settings
+        _import_anyio_backend()
         timeout = settings.timeout.total_seconds()
         # httpcore scans every pooled connection against every other on each request event
         # (O(n²) in the pool's size): a few small pools, used in turn, cost far less than one

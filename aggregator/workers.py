@@ -8,10 +8,13 @@ a future and two wake-ups a job: 0.5 ms more of the service's CPU a job than thi
 same-run comparison (200 jobs of a 167 KB page, results of 30 KB), and its threads held the GIL
 against the event loop.
 
-A worker runs one job at a time. When a worker dies (killed, out of memory, a crash in C code),
-the job it held fails with ``BrokenProcessPool``, and so does every later ``run`` on the pool:
-the pipeline then starts a new pool and runs those jobs again there, as it did with
-``ProcessPoolExecutor``.
+A worker runs its jobs one after the other, and holds at most two: the one it runs and the next,
+already in its socket, so that it never waits for the event loop between jobs (the loop may be
+busy for milliseconds with HTTP). A job goes to the worker holding fewer; when both hold two,
+it waits in the pool, and the outcome of a worker's job hands it the next one at once. When a
+worker dies (killed, out of memory, a crash in C code), the jobs it held fail with
+``BrokenProcessPool``, and so does every later ``run`` on the pool: the pipeline then starts a
+new pool and runs those jobs again there, as it did with ``ProcessPoolExecutor``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import signal
 import socket
 import struct
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
@@ -40,6 +44,8 @@ _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
 # How long shutdown(wait=True) waits for a worker to finish its job and exit before killing it.
 _JOIN_SECONDS = 60.0
+# The jobs a worker holds at most: the one it runs, and the next.
+_DEPTH = 2
 
 
 class RemoteTraceback(Exception):
@@ -59,7 +65,7 @@ class _Worker:
         self.sock = sock
         self.writer: asyncio.StreamWriter | None = None
         self.reading: asyncio.Task[None] | None = None
-        self.job: asyncio.Future[Any] | None = None  # the outcome of the job it holds
+        self.jobs: deque[asyncio.Future[Any]] = deque()  # the outcomes of the jobs it holds, in order
 
 
 class WorkerPool:
@@ -78,9 +84,11 @@ class WorkerPool:
         self.start_method = method
         self._context = multiprocessing.get_context(method)
         self._workers: list[_Worker] = []
-        self._free: list[_Worker] = []
-        self._waiting: list[asyncio.Future[None]] = []
+        self._waiting: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
+            deque()
+        )  # no worker took them yet
         self._loop: asyncio.AbstractEventLoop | None = None  # the one that drives it, once it has
+        self._opening: asyncio.Future[None] | None = None
         self._broken = False
         self._closed = False
         for _ in range(count):
@@ -106,57 +114,55 @@ class WorkerPool:
         return [worker.process for worker in self._workers]
 
     async def run(self, call: Callable[[], T]) -> T:
-        """Run ``call`` (picklable) in an idle worker; return what it returns or raise what it
-        raises. ``BrokenProcessPool`` when its worker died or the pool is broken or shut down."""
-        data = pickle.dumps(call, pickle.HIGHEST_PROTOCOL)
+        """Run ``call`` (picklable) in a worker; return what it returns or raise what it raises.
+        ``BrokenProcessPool`` when its worker died or the pool is broken or shut down."""
         if self._broken or self._closed:
             raise BrokenProcessPool("a worker process died, or the pool was shut down")
-        if self._loop is not asyncio.get_running_loop():
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
             if self._loop is not None:
                 raise RuntimeError("a WorkerPool is driven from the event loop that first ran a job")
-            await self._open()
-        worker = await self._take()
-        job: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        worker.job = job
-        assert worker.writer is not None
-        size = len(data)
-        worker.writer.write(_SHORT.pack(size) if size <= 0x7FFFFFFF else _SHORT.pack(-1) + _LONG.pack(size))
-        worker.writer.write(data)
-        # The transport holds at most one job a worker (the page's bytes, already in memory);
-        # no drain, so a cancelled caller cannot leave half a message behind.
+            self._loop = loop
+            self._opening = asyncio.ensure_future(self._open())
+        assert self._opening is not None
+        if not self._opening.done():
+            await asyncio.shield(self._opening)
+        if self._broken or self._closed:
+            raise BrokenProcessPool("a worker process died, or the pool was shut down")
+        job: asyncio.Future[T] = loop.create_future()
+        worker = min(self._workers, key=lambda w: len(w.jobs))
+        if len(worker.jobs) < _DEPTH:
+            self._send(worker, call, job)
+        else:
+            self._waiting.append((call, job))
+        # A cancelled caller's job is not sent if it still waits, and its outcome is dropped
+        # if it was.
         return await job
 
     async def _open(self) -> None:
-        self._loop = asyncio.get_running_loop()
         for worker in self._workers:
             reader, worker.writer = await asyncio.open_connection(sock=worker.sock)
             worker.reading = asyncio.ensure_future(self._read(worker, reader))
-            self._free.append(worker)
-        self._wake(every=True)  # the callers that came while the connections were made
 
-    async def _take(self) -> _Worker:
-        while True:
-            if self._broken or self._closed:
-                raise BrokenProcessPool("a worker process died, or the pool was shut down")
-            if self._free:
-                return self._free.pop()
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                self._waiting.remove(waiter)
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()  # woken, then cancelled: the free worker goes to the next in line
-                raise
-            self._waiting.remove(waiter)
+    def _send(self, worker: _Worker, call: Callable[[], Any], job: asyncio.Future[Any]) -> None:
+        # Pickled only now: a pickled page waiting in the pool would be a second copy of it.
+        try:
+            data = pickle.dumps(call, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            job.set_exception(exc)
+            return
+        assert worker.writer is not None
+        size = len(data)
+        worker.writer.write(_SHORT.pack(size) if size <= 0x7FFFFFFF else _SHORT.pack(-1) + _LONG.pack(size))
+        # The transport holds at most two jobs a worker (pages already in memory): no drain.
+        worker.writer.write(data)
+        worker.jobs.append(job)
 
-    def _wake(self, every: bool = False) -> None:
-        for waiter in list(self._waiting):
-            if not waiter.done():
-                waiter.set_result(None)
-                if not every:
-                    return
+    def _send_waiting(self, worker: _Worker) -> None:
+        while self._waiting and len(worker.jobs) < _DEPTH:
+            call, job = self._waiting.popleft()
+            if not job.done():  # its caller gave up
+                self._send(worker, call, job)
 
     async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         try:
@@ -165,21 +171,27 @@ class WorkerPool:
                 if size == -1:
                     (size,) = _LONG.unpack(await reader.readexactly(_LONG.size))
                 data = await reader.readexactly(size)
-                job, worker.job = worker.job, None
-                self._free.append(worker)
-                self._wake()
-                if job is not None and not job.done():  # not given up by a cancelled caller
+                job = worker.jobs.popleft()
+                self._send_waiting(worker)  # before anything else: the worker is waiting for it
+                if not job.done():  # not given up by a cancelled caller
                     _settle(job, data)
         except (asyncio.IncompleteReadError, OSError):
             pass  # the worker's end closed: it died, or the pool was shut down
         if not self._closed and not self._broken:
             log.warning("worker process %s died (exit code %s)", worker.process.pid, worker.process.exitcode)
+        self._break()
+        while worker.jobs:
+            job = worker.jobs.popleft()
+            if not job.done():
+                job.set_exception(BrokenProcessPool("the worker process holding this job died"))
+
+    def _break(self) -> None:
+        """Take no more jobs; those waiting fail."""
         self._broken = True
-        if worker.job is not None and not worker.job.done():
-            worker.job.set_exception(BrokenProcessPool("the worker process running this job died"))
-        with contextlib.suppress(ValueError):
-            self._free.remove(worker)
-        self._wake(every=True)
+        while self._waiting:
+            _, job = self._waiting.popleft()
+            if not job.done():
+                job.set_exception(BrokenProcessPool("a worker process died, or the pool was shut down"))
 
     def kill(self) -> None:
         """Kill every worker (one is stuck in C code, where its own alarm cannot reach it)."""
@@ -188,11 +200,11 @@ class WorkerPool:
                 process.kill()
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the workers: each exits once its job is done (``wait``: wait for that, up to a
+        """Stop the workers: each exits once its jobs are done (``wait``: wait for that, up to a
         minute, then kill it). Jobs still out fail with ``BrokenProcessPool``."""
         if not self._closed:
             self._closed = True
-            self._wake(every=True)
+            self._break()
             for worker in self._workers:
                 # Synchronously: from inside the loop, a transport's close waits for the next
                 # turn, and the join below would wait for the worker to see it.

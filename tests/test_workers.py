@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -76,6 +77,8 @@ def test_jobs_run_in_the_workers_and_their_outcomes_come_back(method: str) -> No
         assert "in fail" in str(raised.value.__cause__)
         with pytest.raises(RuntimeError, match="could not be sent"):
             await pool.run(unpicklable)
+        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+            await pool.run(functools.partial(echo, lambda: None))  # a job that cannot go
         # Neither failure cost a worker; outcomes go to their own callers.
         values = await asyncio.gather(
             *(pool.run(functools.partial(echo, i, 0.01 * (i % 3))) for i in range(30))
