@@ -1,7 +1,7 @@
 """The worker processes: a pool that runs the pipeline's CPU-bound steps, driven from asyncio.
 
-Each worker has a socket pair of its own to the service's process. A job goes to an idle worker
-as one pickled message, and its outcome comes back as one; the event loop writes and reads
+Each worker has a socket pair of its own to the service's process. A job goes to a worker as
+one pickled message, and its outcome comes back as one; the event loop writes and reads
 those sockets itself, so no thread of the service's process takes part. A
 ``ProcessPoolExecutor`` hands each job through a queue-feeder thread and a manager thread, with
 a future and two wake-ups a job: 0.5 ms more of the service's CPU a job than this pool in a
