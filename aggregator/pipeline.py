@@ -51,18 +51,18 @@ class Pipeline:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # Worker processes started already (start_workers); the pipeline owns and closes them.
     workers: WorkerPool | None = None
-    _executor: WorkerPool | None = field(default=None, init=False)
+    _running: WorkerPool | None = field(default=None, init=False)  # the pool in use
     _unchanged: list[NotModified] = field(default_factory=list, init=False)
     _bounds: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False)
     _host_bounds: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        self._executor = self.workers
+        self._running = self.workers
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._running is not None:
+            self._running.shutdown(wait=True)
+            self._running = None
 
     async def refresh_all(
         self,
@@ -325,8 +325,8 @@ class Pipeline:
 
     def _discard(self, pool: WorkerPool, *, kill: bool = False) -> None:
         """Stop using ``pool`` (broken, or holding a stuck worker); the next job starts another."""
-        if self._executor is pool:
-            self._executor = None
+        if self._running is pool:
+            self._running = None
             log.warning("worker processes replaced: %s", "one was stuck" if kill else "one died")
         if kill:
             pool.kill()
@@ -338,9 +338,9 @@ class Pipeline:
         workers = self.settings.extract.workers
         if workers == 0:
             return None
-        if self._executor is None:
-            self._executor = start_workers(self.settings)
-        return self._executor
+        if self._running is None:
+            self._running = start_workers(self.settings)
+        return self._running
 
     def _slots(self, stage: str) -> asyncio.Semaphore:
         """The bound on documents of ``stage`` between their fetch and their worker."""

@@ -46,6 +46,7 @@ _LONG = struct.Struct("!Q")
 _JOIN_SECONDS = 60.0
 # The jobs a worker holds at most: the one it runs, and the next.
 _DEPTH = 2
+_GONE = "a worker process died, or the pool was shut down"
 
 
 class RemoteTraceback(Exception):
@@ -64,7 +65,7 @@ class _Worker:
         self.process = process
         self.sock = sock
         self.writer: asyncio.StreamWriter | None = None
-        self.reading: asyncio.Task[None] | None = None
+        self.reading: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
         self.jobs: deque[asyncio.Future[Any]] = deque()  # the outcomes of the jobs it holds, in order
 
 
@@ -117,7 +118,7 @@ class WorkerPool:
         """Run ``call`` (picklable) in a worker; return what it returns or raise what it raises.
         ``BrokenProcessPool`` when its worker died or the pool is broken or shut down."""
         if self._broken or self._closed:
-            raise BrokenProcessPool("a worker process died, or the pool was shut down")
+            raise BrokenProcessPool(_GONE)
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             if self._loop is not None:
@@ -128,7 +129,7 @@ class WorkerPool:
         if not self._opening.done():
             await asyncio.shield(self._opening)
         if self._broken or self._closed:
-            raise BrokenProcessPool("a worker process died, or the pool was shut down")
+            raise BrokenProcessPool(_GONE)
         job: asyncio.Future[T] = loop.create_future()
         worker = min(self._workers, key=lambda w: len(w.jobs))
         if len(worker.jobs) < _DEPTH:
@@ -191,7 +192,7 @@ class WorkerPool:
         while self._waiting:
             _, job = self._waiting.popleft()
             if not job.done():
-                job.set_exception(BrokenProcessPool("a worker process died, or the pool was shut down"))
+                job.set_exception(BrokenProcessPool(_GONE))
 
     def kill(self) -> None:
         """Kill every worker (one is stuck in C code, where its own alarm cannot reach it)."""

@@ -9,7 +9,7 @@ import pickle
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +51,14 @@ def run(coroutine: Awaitable[T]) -> T:
     return asyncio.run(bounded())
 
 
+def drive(pool: WorkerPool, go: Callable[[], Awaitable[None]]) -> None:
+    """Run ``go`` on a loop of its own, then shut ``pool`` down, whatever happened."""
+    try:
+        run(go())
+    finally:
+        pool.shutdown()
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -85,10 +93,7 @@ def test_jobs_run_in_the_workers_and_their_outcomes_come_back(method: str) -> No
         )
         assert values == list(range(30))
 
-    try:
-        run(go())
-    finally:
-        pool.shutdown()
+    drive(pool, go)
     assert not any(process.is_alive() for process in pool.processes)
 
 
@@ -105,10 +110,7 @@ def test_a_dead_worker_fails_its_job_and_breaks_the_pool_but_not_the_others_job(
         with pytest.raises(BrokenProcessPool):
             await pool.run(os.getpid)
 
-    try:
-        run(go())
-    finally:
-        pool.shutdown()
+    drive(pool, go)
 
 
 def test_a_cancelled_caller_leaves_the_worker_to_the_next_job() -> None:
@@ -119,14 +121,11 @@ def test_a_cancelled_caller_leaves_the_worker_to_the_next_job() -> None:
         waiting = asyncio.ensure_future(pool.run(functools.partial(echo, "waiting")))
         await asyncio.sleep(0.1)
         first.cancel()
-        waiting.cancel()  # given up while waiting for the one worker
+        waiting.cancel()  # given up once it was sent, behind the first
         assert await pool.run(functools.partial(echo, "next")) == "next"  # not "first"
         assert await pool.run(functools.partial(echo, "after")) == "after"
 
-    try:
-        run(go())
-    finally:
-        pool.shutdown()
+    drive(pool, go)
 
 
 def test_shutdown_fails_the_waiting_jobs_and_the_workers_exit() -> None:
