@@ -256,19 +256,15 @@ class Pipeline:
             return None, result.final_url
         limit = self.settings.extract.timeout.total_seconds()
         started = time.monotonic()
-        pool = self._pool()
         try:
-            # The worker gives up at the limit itself; this wait is the backstop for a worker
-            # stuck in C code that the alarm cannot interrupt. (asyncio.timeout, not wait_for:
-            # no task of its own for each page.)
-            async with asyncio.timeout(limit * 2 + 5):
-                page = await self._cpu(extract, result.body, result.final_url, selector, limit, feed_has)
+            # The worker gives up at the limit itself; this one is the backstop for a worker
+            # stuck in C code, where its alarm cannot reach it: the pool kills that worker and
+            # starts another, and the other workers carry on.
+            page = await self._cpu(
+                extract, result.body, result.final_url, selector, limit, feed_has, timeout=limit * 2 + 5
+            )
         except TimeoutError:
             log.warning("extraction timed out url=%s limit=%ss", url, limit)
-            if pool is not None:
-                # Stuck, the worker would keep its core for good: the pool's workers are killed
-                # and replaced, and the jobs the others held run again in the new pool.
-                self._discard(pool, kill=True)
             return None, result.final_url
         except BrokenProcessPool:
             log.warning("extraction killed its worker process twice url=%s", url)
@@ -303,35 +299,39 @@ class Pipeline:
             return await asyncio.to_thread(function, *args, self.store)
         return await self._cpu(function, *args)
 
-    async def _cpu(self, function: Callable[..., T], *args: Any) -> T:
-        """Run a pure CPU-bound function in the worker processes (or a thread)."""
+    async def _cpu(self, function: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """Run a pure CPU-bound function in the worker processes (or a thread), given up with
+        TimeoutError after ``timeout`` seconds of running."""
         pool = self._pool()
         call = functools.partial(function, *args)
         if pool is None:
-            return await asyncio.to_thread(call)
-        return await self._in_pool(pool, call)
+            # A thread cannot be stopped: it is only no longer waited for.
+            async with asyncio.timeout(timeout):
+                return await asyncio.to_thread(call)
+        return await self._in_pool(pool, call, timeout)
 
-    async def _in_pool(self, pool: WorkerPool, call: Callable[[], T]) -> T:
+    async def _in_pool(self, pool: WorkerPool, call: Callable[[], T], timeout: float | None = None) -> T:
         try:
-            return await pool.run(call)
+            return await pool.run(call, timeout=timeout)
         except BrokenProcessPool:
-            # A worker died (killed, out of memory, a crash in C code): its job failed, and so
-            # do the pool's later ones, most through no fault of their own. A new pool runs
-            # this one again; a job that kills its worker a second time fails for good.
-            self._discard(pool)
-            new = self._pool()
-            assert new is not None
-            return await new.run(call)
+            # Its worker died running it (killed, out of memory, a crash in C code), and the
+            # pool replaced that worker; or the pool gave up after its workers kept dying, and
+            # a new one takes over. The job runs once more: one that kills its worker a second
+            # time fails for good.
+            if pool.broken:
+                self._discard(pool)
+                new = self._pool()
+                assert new is not None
+                pool = new
+            return await pool.run(call, timeout=timeout)
 
-    def _discard(self, pool: WorkerPool, *, kill: bool = False) -> None:
-        """Stop using ``pool`` (broken, or holding a stuck worker); the next job starts another."""
+    def _discard(self, pool: WorkerPool) -> None:
+        """Stop using ``pool``, which gave up; the next job starts another."""
         if self._running is pool:
             self._running = None
-            log.warning("worker processes replaced: %s", "one was stuck" if kill else "one died")
-        if kill:
-            pool.kill()
-        # The jobs its other workers hold fail with BrokenProcessPool, and run again in the
-        # new pool.
+            log.warning("worker processes replaced: they kept dying")
+        # The jobs its other workers still hold fail with BrokenProcessPool, and run again in
+        # the new pool.
         pool.shutdown(wait=False)
 
     def _pool(self) -> WorkerPool | None:

@@ -11,10 +11,15 @@ against the event loop.
 A worker runs its jobs one after the other, and holds at most two: the one it runs and the next,
 already in its socket, so that it never waits for the event loop between jobs (the loop may be
 busy for milliseconds with HTTP). A job goes to the worker holding fewer; when both hold two,
-it waits in the pool, and the outcome of a worker's job hands it the next one at once. When a
-worker dies (killed, out of memory, a crash in C code), the jobs it held fail with
-``BrokenProcessPool``, and so does every later ``run`` on the pool: the pipeline then starts a
-new pool and runs those jobs again there, as it did with ``ProcessPoolExecutor``.
+it waits in the pool, and the outcome of a worker's job hands it the next one at once.
+
+A worker that dies (killed, out of memory, a crash in C code) is replaced, and only the job it
+was running fails, with ``BrokenProcessPool``: the one waiting behind it had not started, and
+goes to the next free worker. A job given a ``timeout`` that runs longer (stuck in C code, where
+the worker's own alarm cannot reach it) fails with ``TimeoutError``, and its worker is killed
+and replaced. The other workers carry on with their jobs throughout. Only a pool whose workers
+die one after the other without finishing a job (a broken initializer, say) gives up: it breaks,
+and every job fails with ``BrokenProcessPool``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,10 @@ _LONG = struct.Struct("!Q")
 _JOIN_SECONDS = 60.0
 # The jobs a worker holds at most: the one it runs, and the next.
 _DEPTH = 2
-_GONE = "a worker process died, or the pool was shut down"
+# Workers that may die one after the other, with no job finished by any worker in between,
+# before the pool stops replacing them.
+_DEATHS_IN_A_ROW = 3
+_GONE = "the pool's worker processes kept dying, or the pool was shut down"
 
 
 class RemoteTraceback(Exception):
@@ -60,19 +68,30 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.text}"""'
 
 
+class _Job:
+    __slots__ = ("call", "outcome", "timeout", "timer")
+
+    def __init__(self, call: Callable[[], Any], outcome: asyncio.Future[Any], timeout: float | None) -> None:
+        self.call = call  # kept until the outcome comes: a job that had not started is sent again
+        self.outcome = outcome
+        self.timeout = timeout
+        self.timer: asyncio.TimerHandle | None = None  # from when it runs, if it has a timeout
+
+
 class _Worker:
     def __init__(self, process: Any, sock: socket.socket) -> None:
         self.process = process
         self.sock = sock
-        self.writer: asyncio.StreamWriter | None = None
+        self.writer: asyncio.StreamWriter | None = None  # None until its connection is open
         self.reading: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
-        self.jobs: deque[asyncio.Future[Any]] = deque()  # the outcomes of the jobs it holds, in order
+        self.jobs: deque[_Job] = deque()  # the jobs it holds, in order: the first one runs
 
 
 class WorkerPool:
     """``count`` worker processes, started at once by ``method`` ("fork" or "spawn"); each runs
     ``initializer(*initargs)`` first. Driven from one event loop; ``shutdown`` from any thread
-    once that loop is done with it."""
+    once that loop is done with it. Replacements for dead workers are spawned: by then this
+    process may run threads, whose locks a forked child would inherit."""
 
     def __init__(
         self,
@@ -83,28 +102,28 @@ class WorkerPool:
         initargs: Sequence[Any] = (),
     ) -> None:
         self.start_method = method
-        self._context = multiprocessing.get_context(method)
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
         self._workers: list[_Worker] = []
-        self._waiting: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = (
-            deque()
-        )  # no worker took them yet
+        self._waiting: deque[_Job] = deque()  # no worker took them yet
         self._loop: asyncio.AbstractEventLoop | None = None  # the one that drives it, once it has
         self._opening: asyncio.Future[None] | None = None
+        self._deaths = 0  # in a row, with no job finished since
         self._broken = False
         self._closed = False
         for _ in range(count):
-            self._workers.append(self._start(initializer, tuple(initargs)))
+            self._workers.append(self._start(method))
 
-    def _start(self, initializer: Callable[..., None] | None, initargs: tuple[Any, ...]) -> _Worker:
+    def _start(self, method: str) -> _Worker:
         ours, theirs = socket.socketpair()
         # A forked worker inherits every descriptor: it closes this process's ends of every
         # worker's pair, its own included, so that it sees the end of its input when this
         # process closes its end or dies. A spawned one inherits only its own end.
         inherited = []
-        if self.start_method == "fork":
+        if method == "fork":
             inherited = [w.sock.fileno() for w in self._workers] + [ours.fileno()]
-        process = self._context.Process(  # type: ignore[attr-defined]
-            target=_serve, args=(theirs, initializer, initargs, inherited), daemon=True
+        process = multiprocessing.get_context(method).Process(  # type: ignore[attr-defined]
+            target=_serve, args=(theirs, self._initializer, self._initargs, inherited), daemon=True
         )
         process.start()
         theirs.close()
@@ -112,12 +131,22 @@ class WorkerPool:
 
     @property
     def processes(self) -> list[Any]:
+        """The worker processes now in the pool (replacements included, the dead left out)."""
         return [worker.process for worker in self._workers]
 
-    async def run(self, call: Callable[[], T]) -> T:
+    @property
+    def broken(self) -> bool:
+        """True once the pool takes no more jobs: shut down, or its workers kept dying."""
+        return self._broken or self._closed
+
+    async def run(self, call: Callable[[], T], *, timeout: float | None = None) -> T:
         """Run ``call`` (picklable) in a worker; return what it returns or raise what it raises.
-        ``BrokenProcessPool`` when its worker died or the pool is broken or shut down."""
-        if self._broken or self._closed:
+
+        ``BrokenProcessPool`` when its worker died running it or the pool is broken or shut
+        down; ``TimeoutError`` when it ran more than ``timeout`` seconds (its worker is killed).
+        The time counts from when a worker starts it, not while it waits for one.
+        """
+        if self.broken:
             raise BrokenProcessPool(_GONE)
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
@@ -128,29 +157,33 @@ class WorkerPool:
         assert self._opening is not None
         if not self._opening.done():
             await asyncio.shield(self._opening)
-        if self._broken or self._closed:
+        if self.broken:
             raise BrokenProcessPool(_GONE)
-        job: asyncio.Future[T] = loop.create_future()
-        worker = min(self._workers, key=lambda w: len(w.jobs))
-        if len(worker.jobs) < _DEPTH:
-            self._send(worker, call, job)
+        job = _Job(call, loop.create_future(), timeout)
+        ready = [w for w in self._workers if w.writer is not None]
+        worker = min(ready, key=lambda w: len(w.jobs)) if ready else None
+        if worker is not None and len(worker.jobs) < _DEPTH:
+            self._send(worker, job)
         else:
-            self._waiting.append((call, job))
+            self._waiting.append(job)
         # A cancelled caller's job is not sent if it still waits, and its outcome is dropped
         # if it was.
-        return await job
+        return await job.outcome  # type: ignore[no-any-return]
 
     async def _open(self) -> None:
         for worker in self._workers:
-            reader, worker.writer = await asyncio.open_connection(sock=worker.sock)
-            worker.reading = asyncio.ensure_future(self._read(worker, reader))
+            await self._connect(worker)
 
-    def _send(self, worker: _Worker, call: Callable[[], Any], job: asyncio.Future[Any]) -> None:
+    async def _connect(self, worker: _Worker) -> None:
+        reader, worker.writer = await asyncio.open_connection(sock=worker.sock)
+        worker.reading = asyncio.ensure_future(self._read(worker, reader))
+
+    def _send(self, worker: _Worker, job: _Job) -> None:
         # Pickled only now: a pickled page waiting in the pool would be a second copy of it.
         try:
-            data = pickle.dumps(call, pickle.HIGHEST_PROTOCOL)
+            data = pickle.dumps(job.call, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            job.set_exception(exc)
+            job.outcome.set_exception(exc)
             return
         assert worker.writer is not None
         size = len(data)
@@ -158,12 +191,31 @@ class WorkerPool:
         # The transport holds at most two jobs a worker (pages already in memory): no drain.
         worker.writer.write(data)
         worker.jobs.append(job)
+        if len(worker.jobs) == 1:
+            self._running(worker, job)
+
+    def _running(self, worker: _Worker, job: _Job) -> None:
+        """``job`` is the one ``worker`` runs now: its time starts."""
+        if job.timeout is not None:
+            assert self._loop is not None
+            job.timer = self._loop.call_later(job.timeout, self._overran, worker, job)
+
+    def _overran(self, worker: _Worker, job: _Job) -> None:
+        if not worker.jobs or worker.jobs[0] is not job:
+            return  # its outcome came as the timer fired
+        if not job.outcome.done():
+            job.outcome.set_exception(
+                TimeoutError(f"the job ran over {job.timeout:g}s: its worker process was killed")
+            )
+        log.warning("worker process %s ran a job over %gs: killed", worker.process.pid, job.timeout)
+        with contextlib.suppress(OSError, ValueError):
+            worker.process.kill()  # its connection ends; _read replaces it
 
     def _send_waiting(self, worker: _Worker) -> None:
         while self._waiting and len(worker.jobs) < _DEPTH:
-            call, job = self._waiting.popleft()
-            if not job.done():  # its caller gave up
-                self._send(worker, call, job)
+            job = self._waiting.popleft()
+            if not job.outcome.done():  # its caller gave up
+                self._send(worker, job)
 
     async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         try:
@@ -173,32 +225,68 @@ class WorkerPool:
                     (size,) = _LONG.unpack(await reader.readexactly(_LONG.size))
                 data = await reader.readexactly(size)
                 job = worker.jobs.popleft()
+                if job.timer is not None:
+                    job.timer.cancel()
+                self._deaths = 0
+                if worker.jobs:
+                    self._running(worker, worker.jobs[0])
                 self._send_waiting(worker)  # before anything else: the worker is waiting for it
-                if not job.done():  # not given up by a cancelled caller
-                    _settle(job, data)
+                if not job.outcome.done():  # not given up by a cancelled caller
+                    _settle(job.outcome, data)
         except (asyncio.IncompleteReadError, OSError):
             pass  # the worker's end closed: it died, or the pool was shut down
-        if not self._closed and not self._broken:
-            log.warning("worker process %s died (exit code %s)", worker.process.pid, worker.process.exitcode)
-        self._break()
-        while worker.jobs:
-            job = worker.jobs.popleft()
-            if not job.done():
-                job.set_exception(BrokenProcessPool("the worker process holding this job died"))
+        self._lost(worker)
+
+    def _lost(self, worker: _Worker) -> None:
+        """``worker``'s connection ended: it died, or the pool was shut down."""
+        held = list(worker.jobs)
+        worker.jobs.clear()
+        for job in held:
+            if job.timer is not None:
+                job.timer.cancel()
+        if self.broken:
+            for job in held:
+                if not job.outcome.done():
+                    job.outcome.set_exception(BrokenProcessPool(_GONE))
+            return
+        # The job it ran fails; those behind it had not started, and go to the next free worker.
+        if held and not held[0].outcome.done():
+            held[0].outcome.set_exception(BrokenProcessPool("the worker process running this job died"))
+        self._waiting.extendleft(reversed(held[1:]))
+        self._workers.remove(worker)
+        if worker.writer is not None:
+            worker.writer.close()
+        # Gone already, or about to be (its end of the socket closes as it exits): reaped, for
+        # its exit code. One whose connection ended otherwise is not left running.
+        worker.process.join(0.5)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join(5)
+        log.warning("worker process %s died (exit code %s)", worker.process.pid, worker.process.exitcode)
+        self._deaths += 1
+        if self._deaths >= _DEATHS_IN_A_ROW:
+            log.error("worker processes died %d times in a row: the pool gives up", self._deaths)
+            self._break()
+            return
+        replacement = self._start("spawn")
+        self._workers.append(replacement)
+        replacement.reading = asyncio.ensure_future(self._connected(replacement))
+
+    async def _connected(self, worker: _Worker) -> None:
+        try:
+            await self._connect(worker)
+        except (OSError, ValueError):  # shut down while it started: its socket is closed
+            return
+        # The jobs that came while it started, and those of the worker it replaces.
+        self._send_waiting(worker)
 
     def _break(self) -> None:
         """Take no more jobs; those waiting fail."""
         self._broken = True
         while self._waiting:
-            _, job = self._waiting.popleft()
-            if not job.done():
-                job.set_exception(BrokenProcessPool(_GONE))
-
-    def kill(self) -> None:
-        """Kill every worker (one is stuck in C code, where its own alarm cannot reach it)."""
-        for process in self.processes:
-            with contextlib.suppress(OSError, ValueError):
-                process.kill()
+            job = self._waiting.popleft()
+            if not job.outcome.done():
+                job.outcome.set_exception(BrokenProcessPool(_GONE))
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop the workers: each exits once its jobs are done (``wait``: wait for that, up to a

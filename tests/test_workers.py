@@ -44,6 +44,11 @@ def die() -> None:
     os._exit(3)
 
 
+def exit_after(seconds: float) -> None:
+    time.sleep(seconds)
+    os._exit(3)
+
+
 def run(coroutine: Awaitable[T]) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coroutine, 60)
@@ -97,18 +102,82 @@ def test_jobs_run_in_the_workers_and_their_outcomes_come_back(method: str) -> No
     assert not any(process.is_alive() for process in pool.processes)
 
 
-def test_a_dead_worker_fails_its_job_and_breaks_the_pool_but_not_the_others_job() -> None:
+def test_a_dead_worker_fails_only_the_job_it_ran_and_is_replaced() -> None:
     pool = WorkerPool(2, method="spawn")
 
     async def go() -> None:
-        await asyncio.gather(pool.run(os.getpid), pool.run(os.getpid))  # both started
+        first = set(await asyncio.gather(pool.run(os.getpid), pool.run(os.getpid)))  # both started
         slow = asyncio.ensure_future(pool.run(functools.partial(echo, "done", 0.5)))
         await asyncio.sleep(0.1)
-        with pytest.raises(BrokenProcessPool):
+        with pytest.raises(BrokenProcessPool, match="running this job died"):
             await pool.run(die)
         assert await slow == "done"  # the other worker's job was not lost with it
+        later = await asyncio.gather(*(pool.run(functools.partial(pid_after, 0.1)) for _ in range(4)))
+        assert len(set(later)) == 2 and len(set(later) & first) == 1  # one survivor, one newcomer
+        assert {process.pid for process in pool.processes} == set(later)
+        assert not pool.broken
+
+    drive(pool, go)
+
+
+def test_the_job_behind_the_one_that_killed_its_worker_runs_in_its_replacement() -> None:
+    pool = WorkerPool(1, method="spawn")
+
+    async def go() -> None:
+        (dead,) = {await pool.run(os.getpid)}
+        dying = asyncio.ensure_future(pool.run(functools.partial(exit_after, 0.2)))
+        behind = asyncio.ensure_future(pool.run(os.getpid))  # in the worker's socket already
+        with pytest.raises(BrokenProcessPool):
+            await dying
+        assert await behind != dead
+
+    drive(pool, go)
+
+
+def test_a_job_over_its_timeout_fails_its_worker_is_killed_and_the_others_carry_on() -> None:
+    pool = WorkerPool(2, method="spawn")
+
+    async def go() -> None:
+        await asyncio.gather(pool.run(os.getpid), pool.run(os.getpid))
+        started = time.monotonic()
+        stuck = asyncio.ensure_future(pool.run(functools.partial(pid_after, 30), timeout=0.5))
+        other = asyncio.ensure_future(pool.run(functools.partial(echo, "other", 1.5)))
+        with pytest.raises(TimeoutError):
+            await stuck
+        assert time.monotonic() - started < 5
+        assert await other == "other"  # the other worker was left alone
+        assert all(process.is_alive() for process in pool.processes)
+        assert len(set(await asyncio.gather(*(pool.run(os.getpid) for _ in range(4))))) >= 1
+
+    drive(pool, go)
+
+
+def test_a_jobs_time_counts_from_when_it_starts_not_while_it_waits() -> None:
+    pool = WorkerPool(1, method="spawn")
+
+    async def go() -> None:
+        await pool.run(os.getpid)
+        first = asyncio.ensure_future(pool.run(functools.partial(echo, "first", 0.8)))
+        second = asyncio.ensure_future(pool.run(functools.partial(echo, "second"), timeout=0.4))
+        assert await second == "second"  # waited 0.8 s behind the first, ran for no time
+        assert await first == "first"
+
+    drive(pool, go)
+
+
+def test_a_pool_whose_workers_keep_dying_gives_up() -> None:
+    pool = WorkerPool(1, method="spawn", initializer=die)  # every worker dies as it starts
+
+    async def go() -> None:
+        deadline = time.monotonic() + 30
+        while not pool.broken and time.monotonic() < deadline:
+            with pytest.raises(BrokenProcessPool):
+                await pool.run(os.getpid)
+        assert pool.broken
         with pytest.raises(BrokenProcessPool):
             await pool.run(os.getpid)
+        await asyncio.sleep(0.5)
+        assert not any(process.is_alive() for process in pool.processes)  # no more replacements
 
     drive(pool, go)
 
