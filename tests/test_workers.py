@@ -102,8 +102,9 @@ def test_jobs_run_in_the_workers_and_their_outcomes_come_back(method: str) -> No
     assert not any(process.is_alive() for process in pool.processes)
 
 
-def test_a_dead_worker_fails_only_the_job_it_ran_and_is_replaced() -> None:
-    pool = WorkerPool(2, method="spawn")
+@pytest.mark.parametrize("method", METHODS)
+def test_a_dead_worker_fails_only_the_job_it_ran_and_is_replaced(method: str) -> None:
+    pool = WorkerPool(2, method=method)  # a forked pool's replacement is spawned
 
     async def go() -> None:
         first = set(await asyncio.gather(pool.run(os.getpid), pool.run(os.getpid)))  # both started
