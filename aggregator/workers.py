@@ -254,6 +254,9 @@ class WorkerPool:
             held[0].outcome.set_exception(BrokenProcessPool("the worker process running this job died"))
         self._waiting.extendleft(reversed(held[1:]))
         self._workers.remove(worker)
+        for other in self._workers:  # a free one takes them now, not after a new one has started
+            if other.writer is not None:
+                self._send_waiting(other)
         if worker.writer is not None:
             worker.writer.close()
         # Gone already, or about to be (its end of the socket closes as it exits): reaped, for

@@ -135,6 +135,22 @@ def test_the_job_behind_the_one_that_killed_its_worker_runs_in_its_replacement()
     drive(pool, go)
 
 
+def test_the_job_behind_the_one_that_killed_its_worker_goes_to_a_free_worker_first() -> None:
+    pool = WorkerPool(2, method="spawn")
+
+    async def go() -> None:
+        await asyncio.gather(pool.run(os.getpid), pool.run(os.getpid))
+        dying = asyncio.ensure_future(pool.run(functools.partial(exit_after, 0.8)))
+        other = asyncio.ensure_future(pool.run(functools.partial(pid_after, 0.2)))
+        await asyncio.sleep(0.05)
+        behind = asyncio.ensure_future(pool.run(os.getpid))  # both hold one: behind the dying job
+        with pytest.raises(BrokenProcessPool):
+            await dying
+        assert await behind == await other  # the free worker's, not left for the replacement
+
+    drive(pool, go)
+
+
 def test_a_job_over_its_timeout_fails_its_worker_is_killed_and_the_others_carry_on() -> None:
     pool = WorkerPool(2, method="spawn")
 
