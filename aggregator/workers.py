@@ -271,7 +271,12 @@ class WorkerPool:
             log.error("worker processes died %d times in a row: the pool gives up", self._deaths)
             self._break()
             return
-        replacement = self._start("spawn")
+        try:
+            replacement = self._start("spawn")
+        except OSError as exc:  # out of processes or descriptors: nothing would run the jobs
+            log.error("no worker process could replace it: %s", exc)
+            self._break()
+            return
         self._workers.append(replacement)
         replacement.reading = asyncio.ensure_future(self._connected(replacement))
 

@@ -233,6 +233,42 @@ def test_shutdown_fails_the_waiting_jobs_and_the_workers_exit() -> None:
         run(pool.run(os.getpid))
 
 
+_NO_REPLACEMENT = """
+import asyncio, functools, os, resource, sys
+sys.path.insert(0, sys.argv[1])
+from concurrent.futures.process import BrokenProcessPool
+from aggregator.workers import WorkerPool
+
+async def go():
+    pool = WorkerPool(1, method="spawn")
+    await pool.run(os.getpid)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no descriptor more
+    outcomes = []
+    for call in (functools.partial(os._exit, 3), os.getpid):
+        try:
+            await asyncio.wait_for(pool.run(call), 30)
+            outcomes.append("ran")
+        except BrokenProcessPool:
+            outcomes.append("broken")
+    print(" ".join(outcomes), pool.broken, flush=True)
+    pool.shutdown()
+
+asyncio.run(go())
+"""
+
+
+def test_a_pool_that_cannot_start_a_replacement_breaks_rather_than_hang() -> None:
+    root = str(Path(__file__).parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_REPLACEMENT, root], capture_output=True, text=True, timeout=90
+    )
+    assert out.stdout.split() == ["broken", "broken", "True"], out.stderr[-2000:]
+    assert "no worker process could replace it" in out.stderr
+
+
 _ORPHANS = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
