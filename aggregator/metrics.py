@@ -14,7 +14,10 @@ HELP = {
     "aggregator_articles_stored_total": "Articles stored.",
     "aggregator_duplicates_total": "Stored articles found to be copies of another.",
     "aggregator_extraction_seconds_total": "Time spent extracting article pages.",
-    "aggregator_extractions_total": "Article pages extracted, by result (page, none).",
+    "aggregator_extractions_total": (
+        "Article pages extracted, by result: page, none (no article text), timeout (stuck past "
+        "the backstop: its worker was replaced), crashed (killed its worker twice)."
+    ),
     "aggregator_digest_deliveries_total": "Digest deliveries by result (sent, empty, failed).",
 }
 

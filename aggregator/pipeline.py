@@ -265,9 +265,11 @@ class Pipeline:
             )
         except TimeoutError:
             log.warning("extraction timed out url=%s limit=%ss", url, limit)
+            metrics.count("aggregator_extractions_total", result="timeout")
             return None, result.final_url
         except BrokenProcessPool:
             log.warning("extraction killed its worker process twice url=%s", url)
+            metrics.count("aggregator_extractions_total", result="crashed")
             return None, result.final_url
         finally:
             metrics.count("aggregator_extraction_seconds_total", time.monotonic() - started)

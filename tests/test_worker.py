@@ -16,6 +16,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from aggregator import metrics
 from aggregator.config import Settings, load_settings
 from aggregator.errors import ConfigError
 from aggregator.fetcher import Fetcher
@@ -307,6 +308,8 @@ def test_a_stuck_worker_is_killed_and_the_pool_carries_on(
     feed, entries = serve_story_with(httpserver, stop_the_worker)
     config = write_config(feeds=[{"url": feed}], extract={"workers": 1, "timeout": "500ms"})
     settings = load_settings(config, environ={})
+    timeouts = ("aggregator_extractions_total", (("result", "timeout"),))
+    before = metrics.snapshot().get(timeouts, 0)
     started = time.monotonic()
     try:
         first, second = refresh_twice(settings, lambda: entries.append("later"))
@@ -320,3 +323,4 @@ def test_a_stuck_worker_is_killed_and_the_pool_carries_on(
     articles = stored(settings)
     assert articles["story"].extraction == "feed"  # the stuck page: the feed's own text
     assert articles["later"].extraction == "page"  # extracted by the worker that replaced it
+    assert metrics.snapshot().get(timeouts, 0) == before + 1  # for /metrics
