@@ -7,16 +7,18 @@ import calendar
 import json
 import re
 import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urljoin
 
 import feedparser
 import lxml.html
 from lxml import etree
 
+from aggregator.controls import clean_text
 from aggregator.errors import FetchError
+from aggregator.links import safe_link
 from aggregator.models import FetchResult, ParsedEntry, ParsedFeed
 from aggregator.sanitize import html_to_text
 
@@ -41,15 +43,87 @@ _ATOM = "{http://www.w3.org/2005/Atom}"
 _CONTENT = "{http://purl.org/rss/1.0/modules/content/}"
 _DC = "{http://purl.org/dc/elements/1.1/}"
 _SY = "{http://purl.org/rss/1.0/modules/syndication/}"
-# No entities, no network, no huge trees: a feed is data, never instructions to the parser.
+# A feed is data, never instructions to the parser: no network, no external entities, no DTD,
+# no huge trees. Entities the document declares itself (``<!ENTITY copy "&#169;">``) are
+# expanded: libxml2 refuses a document whose entities expand past a fixed factor of its size
+# (billion laughs, quadratic blow-up) or refer to themselves, and that refusal is final.
 _XML = etree.XMLParser(
-    resolve_entities=False,
+    resolve_entities="internal",
     no_network=True,
     huge_tree=False,
     remove_comments=True,
     remove_pis=True,
     load_dtd=False,
 )
+
+
+# libxml2's and expat's words for a document whose entities expand without bound.
+_ENTITY_BOMB = "amplification"
+_ENTITY_BOMB_MESSAGE = "the document's XML entities expand without bound (an XML bomb); refused"
+# Entry ids longer than this are cut: they are only hashed, and no real one comes close.
+MAX_GUID = 2048
+
+
+class _BadEntry(ValueError):
+    """An entry that cannot be read, for the reason given."""
+
+
+class _Problems:
+    """What was wrong with some entries of a feed that is read all the same."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+        self.bad_links = 0
+        self.empty = 0
+
+    def link(self, value: str | None, base: str | None) -> str | None:
+        """``value`` as a safe link (``links.safe_link``); a link that is none is counted."""
+        if not value or not value.strip():
+            return None
+        url = safe_link(value, base)
+        if url is None:
+            self.bad_links += 1
+        return url
+
+    def warnings(self) -> tuple[str, ...]:
+        found = []
+        if self.skipped:
+            count = len(self.skipped)
+            found.append(f"{_entries_word(count)} skipped ({'; '.join(self.skipped[:3])})")
+        if self.bad_links:
+            found.append(
+                f"{_entries_word(self.bad_links)} kept without a link that is not a usable http(s) URL"
+            )
+        if self.empty:
+            found.append(f"{_entries_word(self.empty)} with no link, id, title or text ignored")
+        return tuple(found)
+
+
+def _entries_word(count: int) -> str:
+    return f"{count} {'entry' if count == 1 else 'entries'}"
+
+
+def _entries(
+    items: Iterable[Any], convert: Callable[[Any], ParsedEntry], problems: _Problems
+) -> tuple[ParsedEntry, ...]:
+    """Convert each item on its own: one malformed entry never costs the feed its others."""
+    kept = []
+    for index, item in enumerate(items):
+        try:
+            entry = convert(item)
+        except _BadEntry as exc:
+            problems.skipped.append(f"entry {index + 1}: {exc}")
+            continue
+        except Exception as exc:  # anything a hostile entry makes our code raise, by design
+            problems.skipped.append(f"entry {index + 1}: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        if not (
+            entry.url or entry.guid or entry.title or entry.content_html.strip() or entry.summary_html.strip()
+        ):
+            problems.empty += 1  # a truncated feed's empty <item>: nothing to show or to link to
+            continue
+        kept.append(entry)
+    return tuple(kept)
 
 
 def parse_feed(result: FetchResult) -> ParsedFeed:
@@ -59,9 +133,6 @@ def parse_feed(result: FetchResult) -> ParsedFeed:
     if _looks_like_json(result):
         return parse_json_feed(result.body, result.final_url)
     head = result.body[:65536]
-    if b"<!ENTITY" in head:
-        # Internal DTD entities are how XML bombs expand; no real feed needs them.
-        raise FetchError("parse", "the document declares XML entities; refused as unsafe")
     fast = _fast_parse(result, head)
     if fast is not None:
         return fast
@@ -79,6 +150,8 @@ def parse_feed(result: FetchResult) -> ParsedFeed:
     version = parsed.get("version") or ""
     if parsed.get("bozo"):
         problem = parsed.get("bozo_exception")
+        if _ENTITY_BOMB in str(problem):
+            raise FetchError("parse", _ENTITY_BOMB_MESSAGE)
         if not parsed.entries and not version:
             if looks_like_html(result):
                 raise FetchError("not_a_feed", "the URL returned an HTML page, not a feed")
@@ -92,12 +165,13 @@ def parse_feed(result: FetchResult) -> ParsedFeed:
             raise FetchError("not_a_feed", "the URL returned an HTML page, not a feed")
         raise FetchError("not_a_feed", "the document is not an RSS or Atom feed")
     feed = parsed.get("feed", {})
-    entries = tuple(_entry(e) for e in parsed.entries)
+    problems = _Problems()
+    entries = _entries(parsed.entries, lambda raw: _entry(raw, problems), problems)
     return ParsedFeed(
         title=_text(feed.get("title")) or "",
-        site_url=feed.get("link"),
+        site_url=safe_link(feed.get("link")),
         entries=entries,
-        warnings=tuple(warnings),
+        warnings=(*warnings, *problems.warnings()),
         ttl=feed.get("ttl"),
         update_period=feed.get("sy_updateperiod"),
         update_frequency=feed.get("sy_updatefrequency"),
@@ -117,18 +191,24 @@ def _fast_parse(result: FetchResult, head: bytes) -> ParsedFeed | None:
         return None
     try:
         root = etree.fromstring(result.body, _XML)
-    except (etree.XMLSyntaxError, ValueError):
+    except etree.XMLSyntaxError as exc:
+        if "amplification" in str(exc) or "entity reference loop" in str(exc):
+            raise FetchError("parse", _ENTITY_BOMB_MESSAGE) from None
+        return None
+    except ValueError:
         return None
     base = result.final_url
+    problems = _Problems()
     if root.tag == "rss" and root.get("version", "2.0") in ("2.0", "0.91", "0.92", "0.93", "0.94"):
         channel = root.find("channel")
         if channel is None:
             return None
-        entries = tuple(_rss_item(item, base) for item in channel.iter("item"))
+        entries = _entries(channel.iter("item"), lambda item: _rss_item(item, base, problems), problems)
         return ParsedFeed(
             title=_plain(channel.findtext("title")),
-            site_url=_url(base, channel.findtext("link")),
+            site_url=safe_link(channel.findtext("link"), base),
             entries=entries,
+            warnings=problems.warnings(),
             ttl=_strip(channel.findtext("ttl")),
             update_period=_strip(channel.findtext(f"{_SY}updatePeriod")),
             update_frequency=_strip(channel.findtext(f"{_SY}updateFrequency")),
@@ -137,16 +217,19 @@ def _fast_parse(result: FetchResult, head: bytes) -> ParsedFeed | None:
         )
     if root.tag == f"{_ATOM}feed":
         feed_author = _atom_author(root)
-        entries = tuple(_atom_entry(e, base, feed_author) for e in root.iter(f"{_ATOM}entry"))
+        entries = _entries(
+            root.iter(f"{_ATOM}entry"), lambda e: _atom_entry(e, base, feed_author, problems), problems
+        )
         return ParsedFeed(
             title=_atom_text(root.find(f"{_ATOM}title")),
             site_url=_atom_link(root, base),
             entries=entries,
+            warnings=problems.warnings(),
         )
     return None
 
 
-def _rss_item(item: etree._Element, base: str) -> ParsedEntry:
+def _rss_item(item: etree._Element, base: str, problems: _Problems) -> ParsedEntry:
     # The item's first child of each tag, found in one walk: what find() and findtext() give,
     # where each of their nine calls walked the children again through lxml's ElementPath.
     children: dict[object, etree._Element] = {}
@@ -158,11 +241,11 @@ def _rss_item(item: etree._Element, base: str) -> ParsedEntry:
         return None if element is None else element.text or ""
 
     guid_element = children.get("guid")
-    guid = _strip(guid_element.text if guid_element is not None else None)
-    link = _url(base, text("link"))
+    guid = _guid(guid_element.text if guid_element is not None else None)
+    link = problems.link(text("link"), base)
     permalink = guid_element is not None and guid_element.get("isPermaLink", "true").lower() == "true"
     if link is None and guid and permalink and "://" in guid:
-        link = _url(base, guid)
+        link = safe_link(guid, base)
     published = _rss_date(text("pubDate")) or _rss_date(text(f"{_DC}date"))
     author = _plain(text(f"{_DC}creator")) or _plain(text("author"))
     return ParsedEntry(
@@ -177,13 +260,15 @@ def _rss_item(item: etree._Element, base: str) -> ParsedEntry:
     )
 
 
-def _atom_entry(entry: etree._Element, base: str, feed_author: str | None) -> ParsedEntry:
+def _atom_entry(
+    entry: etree._Element, base: str, feed_author: str | None, problems: _Problems
+) -> ParsedEntry:
     published = _rfc3339(entry.findtext(f"{_ATOM}published") or "")
     updated = _rfc3339(entry.findtext(f"{_ATOM}updated") or "")
     content = entry.find(f"{_ATOM}content")
     return ParsedEntry(
-        guid=_strip(entry.findtext(f"{_ATOM}id")),
-        url=_atom_link(entry, base),
+        guid=_guid(entry.findtext(f"{_ATOM}id")),
+        url=_atom_link(entry, base, problems),
         title=_atom_text(entry.find(f"{_ATOM}title")),
         summary_html=_atom_html(entry.find(f"{_ATOM}summary")),
         content_html="" if content is None or content.get("src") else _atom_html(content),
@@ -193,10 +278,11 @@ def _atom_entry(entry: etree._Element, base: str, feed_author: str | None) -> Pa
     )
 
 
-def _atom_link(element: etree._Element, base: str) -> str | None:
+def _atom_link(element: etree._Element, base: str, problems: _Problems | None = None) -> str | None:
     for link in element.findall(f"{_ATOM}link"):
         if link.get("rel", "alternate") == "alternate" and link.get("href"):
-            return _url(base, link.get("href"))
+            href = link.get("href")
+            return problems.link(href, base) if problems is not None else safe_link(href, base)
     return None
 
 
@@ -243,11 +329,11 @@ def _rss_date(value: str | None) -> datetime | None:
         return None
     try:
         parsed = parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
-        parsed = None
-    if parsed is None:
-        return _rfc3339(value) or _date(_feedparser_date(value))
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+        if parsed is not None:
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        pass
+    return _rfc3339(value) or _date(_feedparser_date(value))
 
 
 def _feedparser_date(value: str) -> time.struct_time | None:
@@ -258,13 +344,13 @@ def _feedparser_date(value: str) -> time.struct_time | None:
         return None
 
 
-def _url(base: str, value: str | None) -> str | None:
-    value = _strip(value)
-    return urljoin(base, value) if value else None
-
-
 def _strip(value: str | None) -> str | None:
     return value.strip() or None if value else None
+
+
+def _guid(value: str | None) -> str | None:
+    """An entry's id, as text a database takes and of a sane length (it is only hashed)."""
+    return _strip(clean_text(value, MAX_GUID)) if value else None
 
 
 def parse_json_feed(body: bytes, base_url: str) -> ParsedFeed:
@@ -281,37 +367,37 @@ def parse_json_feed(body: bytes, base_url: str) -> ParsedFeed:
     items = document.get("items")
     if not isinstance(items, list):
         raise FetchError("parse", "JSON Feed without an items list")
-    warnings: list[str] = []
-    entries = []
+    problems = _Problems()
     feed_authors = _json_authors(document)
-    for index, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str | int):
-            warnings.append(f"JSON Feed item {index} has no id; skipped")
-            continue
-        url = _json_str(item, "url") or _json_str(item, "external_url")
-        content = _json_str(item, "content_html")
-        if not content and _json_str(item, "content_text"):
-            content = "".join(f"<p>{_escape(p)}</p>" for p in _json_str(item, "content_text").split("\n\n"))
-        published = _rfc3339(_json_str(item, "date_published"))
-        updated = _rfc3339(_json_str(item, "date_modified"))
-        entries.append(
-            ParsedEntry(
-                guid=str(item["id"]),
-                url=urljoin(base_url, url) if url else None,
-                title=_text(_json_str(item, "title")),
-                summary_html=_escape(_json_str(item, "summary")),
-                content_html=content,
-                published=published or updated,
-                updated=updated,
-                author=_json_authors(item) or feed_authors,
-            )
-        )
-    home = _json_str(document, "home_page_url")
+    entries = _entries(items, lambda item: _json_item(item, base_url, feed_authors, problems), problems)
     return ParsedFeed(
         title=_text(_json_str(document, "title")),
-        site_url=urljoin(base_url, home) if home else None,
-        entries=tuple(entries),
-        warnings=tuple(warnings),
+        site_url=safe_link(_json_str(document, "home_page_url"), base_url),
+        entries=entries,
+        warnings=problems.warnings(),
+    )
+
+
+def _json_item(item: Any, base_url: str, feed_authors: str | None, problems: _Problems) -> ParsedEntry:
+    if not isinstance(item, dict):
+        raise _BadEntry("not an object")
+    if not isinstance(item.get("id"), str | int) or isinstance(item.get("id"), bool):
+        raise _BadEntry("no id")
+    url = problems.link(_json_str(item, "url") or _json_str(item, "external_url"), base_url)
+    content = _json_str(item, "content_html")
+    if not content and _json_str(item, "content_text"):
+        content = "".join(f"<p>{_escape(p)}</p>" for p in _json_str(item, "content_text").split("\n\n"))
+    published = _rfc3339(_json_str(item, "date_published"))
+    updated = _rfc3339(_json_str(item, "date_modified"))
+    return ParsedEntry(
+        guid=_guid(str(item["id"])),
+        url=url,
+        title=_text(_json_str(item, "title")),
+        summary_html=_escape(_json_str(item, "summary")),
+        content_html=content,
+        published=published or updated,
+        updated=updated,
+        author=_json_authors(item) or feed_authors,
     )
 
 
@@ -327,8 +413,8 @@ def find_feed_links(html: bytes, base_url: str) -> list[str]:
         kind = (link.get("type") or "").lower().split(";")[0].strip()
         href = (link.get("href") or "").strip()
         if "alternate" in rel and kind in _FEED_TYPES and href:
-            url = urljoin(base_url, href)
-            if url.lower().startswith(("http://", "https://")) and url not in found:
+            url = safe_link(href, base_url)
+            if url is not None and url not in found:
                 found.append(url)
     return found
 
@@ -343,15 +429,15 @@ def _looks_like_json(result: FetchResult) -> bool:
     return "json" in kind or result.body[:64].lstrip().startswith(b"{")
 
 
-def _entry(raw: Any) -> ParsedEntry:
+def _entry(raw: Any, problems: _Problems) -> ParsedEntry:
     content = ""
     for part in raw.get("content") or ():
         if part.get("value") and len(part["value"]) > len(content):
             content = part["value"]
     summary = raw.get("summary") or ""
     return ParsedEntry(
-        guid=(raw.get("id") or "").strip() or None,
-        url=_link(raw),
+        guid=_guid(raw.get("id")),
+        url=problems.link(_link(raw), None),
         title=_text(raw.get("title")) or "",
         summary_html=summary,
         content_html=content,
@@ -386,9 +472,9 @@ def _rfc3339(value: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _json_str(obj: dict[str, Any], key: str) -> str:
@@ -419,4 +505,5 @@ def _escape(text: str) -> str:
 
 
 def _text(value: Any) -> str:
-    return " ".join(str(value).split()) if value else ""
+    """One line of text: whitespace collapsed, controls a database or terminal refuses removed."""
+    return " ".join(clean_text(str(value)).split()) if value else ""
