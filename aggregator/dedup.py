@@ -102,6 +102,12 @@ def key_of_canonical(canonical: str) -> str:
     return _sha(canonical)
 
 
+def linkless_key(feed_url: str, entry_key: str) -> str:
+    """Return the URL key of an article without a link: its own, so that link-less entries are
+    never taken for copies of each other (they share no page)."""
+    return _sha(f"no link:{feed_url}\n{entry_key}")
+
+
 def entry_key(entry: ParsedEntry, repeated_guids: frozenset[str] = frozenset()) -> str:
     """Return a stable identity for an entry within its feed.
 

@@ -13,20 +13,30 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from aggregator.controls import clean_text
 from aggregator.dedup import (
     canonical_url,
     entry_key,
     key_of_canonical,
+    linkless_key,
     repeated_guids,
     text_hash,
     url_key,
 )
+from aggregator.links import safe_link
 from aggregator.models import ExtractedPage, FetchResult, NewArticle, ParsedEntry, ParsedFeed
 from aggregator.parser import parse_feed
 from aggregator.sanitize import clean_html, clean_html_to_text, html_to_text, text_to_html
 
 # Entry dates further ahead than this are a publisher's mistake: they become "now".
 FUTURE_SLACK = timedelta(days=1)
+# The longest text of each kind an article keeps (characters; "…" marks a cut). A title or a
+# byline longer than a few lines is an attack or a mistake; the text of the longest real
+# article is a tenth of MAX_TEXT.
+MAX_TITLE = 400
+MAX_AUTHOR = 200
+MAX_SUMMARY = 20_000
+MAX_TEXT = 500_000
 
 
 # No slots: these cross process boundaries, and slotted dataclasses pickle several times slower.
@@ -124,7 +134,7 @@ def sane_dates(entries: tuple[ParsedEntry, ...], now: datetime) -> tuple[ParsedE
 
 
 def build_article(
-    feed_url: str, item: PreparedEntry, page: ExtractedPage | None, final_url: str
+    feed_url: str, item: PreparedEntry, page: ExtractedPage | None, final_url: str | None
 ) -> NewArticle:
     """Merge a feed entry with what its page gave (if anything) into the article to store.
 
@@ -133,6 +143,11 @@ def build_article(
     and the page's date replaces only the time first seen given to an undated entry; the
     page's byline wins over the feed's author, which fills in when the page has none (when the
     feed has an author, the page was read for a machine-readable one only: ``PreparedEntry.feed_has``).
+
+    ``final_url`` is where the page was fetched from in the end (the entry's link when it was
+    not fetched); an entry without a link makes an article without one (``url`` empty), with
+    a URL key of its own so that it is never taken for a copy of another link-less entry.
+    Every text is stored without control characters and cut to its MAX_ length.
     """
     entry = item.entry
     if page is not None and len(page.text.split()) >= len(item.text.split()):
@@ -141,22 +156,33 @@ def build_article(
         text, html, extraction, content_hash = item.text, item.html, "feed", item.text_hash
     else:
         text, html, extraction, content_hash = "", "", "none", None
-    url = article_url(final_url, page.canonical_url if page else None)
+    if len(text) > MAX_TEXT:
+        text = clean_text(text, MAX_TEXT)
+        html = text_to_html(text)  # markup cut anywhere is no longer markup
+    url = article_url(final_url, page.canonical_url if page else None) if final_url else ""
+    title = entry.title or (page_title(page) if page else "") or url or _first_words(text)
+    author = (page.author if page and page.author else None) or entry.author
     return NewArticle(
         feed_url=feed_url,
         entry_key=item.key,
         url=url,
-        title=entry.title or (page_title(page) if page else "") or url,
-        author=(page.author if page and page.author else None) or entry.author,
+        title=clean_text(title, MAX_TITLE),
+        author=clean_text(author, MAX_AUTHOR) if author else None,
         published=(page.published if page and page.published and not item.dated else None) or entry.published,
-        summary=item.summary,
-        text=text,
-        html=html or text_to_html(text),
+        summary=clean_text(item.summary, MAX_SUMMARY),
+        text=clean_text(text),
+        html=clean_text(html or text_to_html(text)),
         extraction=extraction,
         content_hash=content_hash,
         link_key=item.link_key,
-        url_key=key_of_canonical(url),
+        url_key=key_of_canonical(url) if url else linkless_key(feed_url, item.key),
     )
+
+
+def _first_words(text: str, words: int = 12) -> str:
+    """A title for an entry that has none and no link: the start of its text."""
+    first = text.split(maxsplit=words)
+    return " ".join(first[:words]) + (" …" if len(first) > words else "")
 
 
 def page_title(page: ExtractedPage) -> str:
@@ -171,7 +197,12 @@ def page_title(page: ExtractedPage) -> str:
 
 
 def article_url(final_url: str, canonical: str | None) -> str:
-    """Return the canonical form of the page's URL, or of its rel=canonical on the same site."""
+    """Return the canonical form of the page's URL, or of its rel=canonical on the same site;
+    "" when neither is a safe http(s) link (``links.safe_link``)."""
+    canonical = safe_link(canonical)
+    final_url = safe_link(final_url) or ""
+    if not final_url:
+        return ""
     if canonical:
         page_host = (urlsplit(final_url).hostname or "").removeprefix("www.")
         canonical_host = (urlsplit(canonical).hostname or "").removeprefix("www.")

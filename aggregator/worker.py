@@ -105,7 +105,7 @@ def ingest(job: FeedJob, store: Store | None = None) -> Ingested:
         return Ingested(
             len(identified.entries), warnings=parsed.warnings, new=tuple(new), pages=pages, record=record
         )
-    articles = [build_article(job.feed_url, item, None, item.entry.url or job.feed_url) for item in new]
+    articles = [build_article(job.feed_url, item, None, item.entry.url) for item in new]
     added, duplicates = store.store_refresh(job.feed_url, articles, record)
     return Ingested(len(identified.entries), added, duplicates, parsed.warnings)
 
@@ -121,7 +121,7 @@ def finish(
     assert store is not None and ingested.record is not None
     articles = []
     for item in ingested.new:
-        page, final_url = pages.get(item.key, (None, item.entry.url or feed_url))
+        page, final_url = pages.get(item.key, (None, item.entry.url))
         articles.append(build_article(feed_url, item, page, final_url))
     return store.store_refresh(feed_url, articles, ingested.record)
 
