@@ -12,7 +12,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from aggregator.config import DigestSettings, Settings, SmtpSettings
-from aggregator.digest import Digest, build_digest, render_message
+from aggregator.digest import Digest, build_digest, compose
 from aggregator.errors import DeliveryError
 from aggregator.mailer import send_smtp, write_outbox
 from aggregator.store import Store
@@ -107,8 +107,12 @@ def _deliver(
     now: datetime,
     sleep: Callable[[float], None],
 ) -> str:
-    """Record the run with its items, hand the email over, mark it sent; return where it went."""
-    message = render_message(built, config, now)
+    """Record the run with its items, hand the email over, mark it sent; return where it went.
+
+    The run covers what the email shows; the stories only counted in it ("and N more") stay
+    unsent, for the next digest.
+    """
+    built, message = compose(built, config, now)
     run_id = store.begin_digest_run(
         built.name, built.run_key, str(message["Message-ID"]), built.article_ids, now
     )

@@ -24,10 +24,17 @@ from jinja2 import (
 )
 
 from aggregator.config import DigestSettings, FeedConfig
+from aggregator.controls import clean_text, shorten
 from aggregator.dedup import lead_order
+from aggregator.links import safe_link
 from aggregator.models import StoredArticle
 
 SUMMARY_WORDS = 60
+# What a story shows at most, in characters: one absurd field (a 100,000-character title, a
+# "word" of 10,000 letters) shortens that story, not the room every other story has.
+SHOWN_TITLE = 250
+SHOWN_NAME = 80
+SHOWN_SUMMARY = 600
 WORDS_PER_MINUTE = 230
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+")
 # A line of up to this many words without sentence punctuation at its end is a heading.
@@ -64,14 +71,14 @@ def _environment(folder: Path | None) -> Environment:
 @dataclass(frozen=True, slots=True)
 class OtherCopy:
     source: str
-    url: str
+    url: str  # an http(s) URL, or "" when the copy has none (shown without a link)
 
 
 @dataclass(frozen=True, slots=True)
 class DigestItem:
     article_id: int
     title: str
-    url: str
+    url: str  # an http(s) URL, or "" when the story has none (shown without a link)
     source: str
     published: datetime | None
     published_label: str
@@ -100,7 +107,9 @@ class Digest:
     subject: str
     run_key: str
     groups: tuple[DigestGroup, ...]
-    article_ids: tuple[int, ...]  # every article this digest covers, duplicates included
+    # Every article this digest covers (marked sent with it), duplicates included; once laid
+    # out (``fit``), not those of the stories only counted ("and N more"): they wait for the next.
+    article_ids: tuple[int, ...]
     duplicates: int
     schedule_label: str
     templates: Path | None = None  # a folder whose templates replace the shipped ones
@@ -227,26 +236,37 @@ def fit(digest: Digest, budget: int) -> tuple[Digest, str]:
 def _layout(digest: Digest, full: int, shown: int) -> Digest:
     groups = []
     position = 0
+    waiting: set[int] = set()  # the copies of stories only counted: not sent with this digest
     for group in digest.groups:
         kept: list[DigestItem] = []
         more = group.more
         for item in group.items:
             if position < full:
-                summary = (
-                    item.summary or summarise(item.summary_source[0]) or summarise(item.summary_source[1])
-                )
+                summary = item.summary or _summary(item.summary_source)
                 kept.append(replace(item, compact=False, summary=summary))
             elif position < shown:
                 kept.append(replace(item, compact=True))
             else:
                 more += 1
+                waiting.update(item.copy_ids)
             position += 1
         groups.append(DigestGroup(group.name, group.anchor, tuple(kept), more))
-    return replace(digest, groups=tuple(groups))
+    ids = tuple(i for i in digest.article_ids if i not in waiting) if waiting else digest.article_ids
+    return replace(digest, groups=tuple(groups), article_ids=ids)
+
+
+def _summary(sources: tuple[str, str]) -> str:
+    return shorten(summarise(sources[0]) or summarise(sources[1]), SHOWN_SUMMARY)
 
 
 def render_message(digest: Digest, settings: DigestSettings, now: datetime) -> EmailMessage:
     """Return the multipart/alternative email (text/plain + text/html) for ``digest``."""
+    return compose(digest, settings, now)[1]
+
+
+def compose(digest: Digest, settings: DigestSettings, now: datetime) -> tuple[Digest, EmailMessage]:
+    """Return ``digest`` laid out within the size budget (``fit``), whose ``article_ids`` are
+    what this email covers, and the multipart/alternative email (text/plain + text/html)."""
     laid_out, html = fit(digest, settings.max_html_bytes)
     message = EmailMessage()
     message["Subject"] = digest.subject
@@ -261,7 +281,7 @@ def render_message(digest: Digest, settings: DigestSettings, now: datetime) -> E
     message["X-Auto-Response-Suppress"] = "All"
     message.set_content(render_text(laid_out))
     message.add_alternative(html, subtype="html")
-    return message
+    return laid_out, message
 
 
 def message_id(run_key: str, sender: str) -> str:
@@ -280,20 +300,32 @@ def _item(
     published = lead.published or lead.first_seen
     local = published.astimezone(zone)  # type: ignore[arg-type]
     words = lead.text.count(" ") + 1 if lead.text else 0  # a word count, cheaply
+    url = safe_link(lead.url) or ""
     return DigestItem(
         article_id=lead.id,
-        title=lead.title,
-        url=lead.url,
-        source=names.get(lead.feed_url, lead.feed_name),
+        title=_shown(lead.title, SHOWN_TITLE) or url or "(untitled)",
+        url=url,
+        source=_shown(names.get(lead.feed_url, lead.feed_name), SHOWN_NAME),
         published=published,
         published_label=f"{local:%a} {local.day} {local:%b}, {local:%H:%M}",
-        author=lead.author,
+        author=_shown(lead.author, SHOWN_NAME) or None,
         reading_minutes=max(1, math.ceil(words / WORDS_PER_MINUTE)),
         summary="",  # made in _layout, only for the items shown with one
         summary_source=(lead.text, lead.summary),
-        also_in=tuple(OtherCopy(names.get(o.feed_url, o.feed_name), o.url) for o in others),
+        also_in=tuple(
+            OtherCopy(_shown(names.get(o.feed_url, o.feed_name), SHOWN_NAME), safe_link(o.url) or "")
+            for o in others
+        ),
         copy_ids=(lead.id, *(o.id for o in others)),
     )
+
+
+def _shown(value: str | None, limit: int) -> str:
+    """One line of stored text as a story shows it: no controls (rows stored before they were
+    removed), whitespace collapsed, at most ``limit`` characters."""
+    if not value:
+        return ""
+    return shorten(" ".join(clean_text(value).split()), limit)
 
 
 def summarise(text: str, max_words: int = SUMMARY_WORDS) -> str:

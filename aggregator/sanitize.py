@@ -7,11 +7,12 @@ import re
 from contextvars import ContextVar
 from html import escape
 from html import unescape as _unescape
-from urllib.parse import urljoin
 
 import lxml.html
 import nh3
 from lxml import etree
+
+from aggregator.links import safe_link
 
 _TAGS = {
     "a",
@@ -152,7 +153,7 @@ def _cleaner() -> nh3.Cleaner:
     return nh3.Cleaner(
         tags=_TAGS,
         attributes=_ATTRIBUTES,
-        url_schemes={"http", "https", "mailto"},
+        url_schemes={"http", "https"},
         attribute_filter=_keep_attribute,
         link_rel="noopener noreferrer nofollow",
         strip_comments=True,
@@ -161,12 +162,13 @@ def _cleaner() -> nh3.Cleaner:
 
 def _keep_attribute(tag: str, name: str, value: str) -> str | None:
     if name in ("href", "src"):
-        base_url = _BASE_URL.get()
-        value = urljoin(base_url, value.strip()) if base_url else value.strip()
-        if not value.lower().startswith(("http://", "https://", "mailto:")):
+        # Only http(s) links leave our code (links.safe_link): not mailto:, not javascript:.
+        link = safe_link(value, _BASE_URL.get())
+        if link is None:
             return None
         if tag == "img":
-            return https_url(value)
+            return https_url(link)
+        return link
     if tag == "img" and name in ("width", "height") and value.strip() in ("0", "1", "1px"):
         return None
     return value
@@ -180,15 +182,13 @@ def https_url(value: str | None, base_url: str | None = None) -> str | None:
     """
     if not value or not value.strip():
         return None
-    value = urljoin(base_url, value.strip()) if base_url else value.strip()
+    value = value.strip()
     if value.startswith("//"):
         value = "https:" + value
-    scheme, _, rest = value.partition("://")
-    if scheme.lower() == "https" and rest:
-        return value
-    if scheme.lower() == "http" and rest:
-        return "https://" + rest
-    return None
+    link = safe_link(value, base_url)
+    if link is None:
+        return None
+    return "https://" + link.removeprefix("http://") if link.startswith("http://") else link
 
 
 def _drop_pixels(cleaned: str, original: str) -> str:
