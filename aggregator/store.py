@@ -40,6 +40,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.sql.expression import Executable
 
+from aggregator.controls import clean_text
 from aggregator.database import create_db_engine, migrate
 from aggregator.dedup import (
     TextProfile,
@@ -67,6 +68,9 @@ MERGE_EVERY = 16_384
 # Rows of the band index a merge inserts in one statement: SQLite ran the half-million one-row
 # inserts of a merge at 0.7 µs a row, the statements of 250 rows at 0.3 µs.
 MERGE_ROWS = 250
+# Longest stored feed title and error or warning message (characters).
+MAX_FEED_TITLE = 400
+MAX_MESSAGE = 2000
 # Any constant shared by all processes (database.py's migration lock is another).
 _INSERT_LOCK = 7_262_042
 
@@ -351,13 +355,13 @@ class Store:
             "feed_url": feed_url,
             "etag": record.etag,
             "last_modified": record.last_modified,
-            "title": record.title or None,
+            "title": clean_text(record.title, MAX_FEED_TITLE) or None if record.title else None,
             "site_url": record.site_url,
             "now": record.now,
             "status": record.status,
             "next_fetch": record.next_fetch,
             "poll_interval": record.poll_interval,
-            "warning": record.warning[:2000] if record.warning else None,
+            "warning": _message(record.warning) if record.warning else None,
         }
         if record.location is not None:
             values.update(record.location.values())
@@ -604,7 +608,7 @@ class Store:
         with self._writing() as session:
             feed = self._feed_row(session, feed_url, now)
             feed.last_fetch_at = feed.gone_at = now
-            feed.last_status, feed.error_kind, feed.last_error = 410, "gone", message[:2000]
+            feed.last_status, feed.error_kind, feed.last_error = 410, "gone", _message(message)
             feed.next_fetch_at = None
             feed.claimed_by = feed.lease_until = None
 
@@ -623,7 +627,7 @@ class Store:
             feed = self._feed_row(session, feed_url, now)
             feed.last_fetch_at = now
             feed.last_status = status
-            feed.error_kind, feed.last_error = kind, message[:2000]
+            feed.error_kind, feed.last_error = kind, _message(message)
             feed.consecutive_failures = (feed.consecutive_failures or 0) + 1
             feed.next_fetch_at = next_fetch
             feed.claimed_by = feed.lease_until = None
@@ -865,7 +869,7 @@ class Store:
         with self._writing() as session:
             run = session.get(DigestRun, run_id)
             if run is not None:
-                run.error = error[:2000]
+                run.error = _message(error)
 
     def last_digest_failure(self, digest_name: str) -> tuple[datetime, str] | None:
         """Return when and why the newest undelivered run of this digest failed, if it did."""
@@ -884,7 +888,7 @@ class Store:
         with self._writing() as session:
             run = session.get(DigestRun, run_id)
             if run is not None:
-                run.status, run.error = "failed", error[:2000]
+                run.status, run.error = "failed", _message(error)
 
     def last_digest_sent(self, digest_name: str) -> datetime | None:
         with self._session() as session:
@@ -893,6 +897,11 @@ class Store:
                     DigestRun.digest_name == digest_name, DigestRun.status == "sent"
                 )
             )
+
+
+def _message(text: str) -> str:
+    """An error or warning as stored: a server's reason phrase or reply may carry anything."""
+    return clean_text(text, MAX_MESSAGE)
 
 
 def _url_key(article: NewArticle) -> str:
