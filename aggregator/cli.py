@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import io
 import json
 import logging
 import os
@@ -22,7 +23,9 @@ from typing import Any, TextIO
 
 from aggregator import __version__
 from aggregator.config import Settings, load_settings, resolve_config_path
+from aggregator.controls import json_safe, printable
 from aggregator.errors import AggregatorError, ConfigError, FetchError
+from aggregator.links import redact_url
 from aggregator.logs import configure_logging
 from aggregator.models import RefreshOutcome
 
@@ -138,20 +141,51 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command in ``argv``; return the exit code."""
     args = build_parser().parse_args(argv)
-    default_level = "info" if args.command == "run" else "warning"
-    configure_logging(args.log_level or default_level, args.log_format)
-    handler = _COMMANDS[args.command]
+    # Everything a command prints may hold text from feeds and servers: shown, never obeyed.
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Printable(stdout), _Printable(stderr)
     try:
-        return handler(args)
-    except AggregatorError as exc:
-        # A config error may name several keys, one per line; anything else is one line.
-        print(f"aggregator: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("aggregator: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
+        default_level = "info" if args.command == "run" else "warning"
+        configure_logging(args.log_level or default_level, args.log_format)
+        handler = _COMMANDS[args.command]
+        try:
+            return handler(args)
+        except AggregatorError as exc:
+            # A config error may name several keys, one per line; anything else is one line.
+            print(f"aggregator: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("aggregator: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            return 0
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+class _Printable(io.TextIOBase):
+    """A text stream whose writes show control characters as escapes (``controls.printable``),
+    line breaks and tabs kept: a feed's title cannot retitle, recolour or clear a terminal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(printable(text, keep_newlines=True))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.stream, "encoding", "utf-8"))
 
 
 def entry(argv: Sequence[str] | None = None) -> int:
@@ -221,7 +255,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             # none: it spawns them if a feed does change.
             store.engine.dispose()
             workers = start_workers(settings, fork=True)
-        progress = Progress(len(feeds), sys.stderr)
+        progress = Progress(len(feeds), _unwrapped(sys.stderr))
         started = datetime.now(UTC)
 
         async def go() -> list[RefreshOutcome]:
@@ -244,7 +278,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         if not outcome.ok:
             status = f" HTTP {outcome.status}" if outcome.status else ""
             print(
-                f"failed: {outcome.feed_url}: {outcome.error_kind}{status}: {outcome.error}", file=sys.stderr
+                f"failed: {redact_url(outcome.feed_url)}: {outcome.error_kind}{status}: {outcome.error}",
+                file=sys.stderr,
             )
     seconds = (datetime.now(UTC) - started).total_seconds()
     ok = sum(o.ok for o in outcomes)
@@ -324,6 +359,8 @@ def cmd_feeds(args: argparse.Namespace) -> int:
             record = asdict(status)
             for key in ("last_fetch", "next_fetch"):
                 record[key] = _iso(record[key])
+            for key in ("url", "fetch_url", "moved_to"):
+                record[key] = redact_url(record[key]) if record[key] else record[key]
             _json_line(record)
         return 0
     if not statuses:
@@ -344,15 +381,15 @@ def cmd_feeds(args: argparse.Namespace) -> int:
         if s.gone:
             notes.append("remove it from feeds.yaml, or `aggregator fetch --feed URL` to try it again")
         if s.fetch_url and s.fetch_url_reason == "moved":
-            notes.append(f"moved permanently to {s.fetch_url}: update feeds.yaml to that URL")
+            notes.append(f"moved permanently to {redact_url(s.fetch_url)}: update feeds.yaml to that URL")
         elif s.fetch_url and s.fetch_url_reason == "discovered":
-            notes.append(f"the URL is a web page; its feed {s.fetch_url} is polled instead")
+            notes.append(f"the URL is a web page; its feed {redact_url(s.fetch_url)} is polled instead")
         if s.last_warning and not s.gone:
             notes.append(f"warning: {s.last_warning}")
         if s.moved_to:
-            notes.append(f"redirects permanently to {s.moved_to} (adopted if it persists)")
+            notes.append(f"redirects permanently to {redact_url(s.moved_to)} (adopted if it persists)")
         print(
-            f"{s.name}\n  {s.url}\n  {state}; {s.article_count} articles{every}; "
+            f"{s.name}\n  {redact_url(s.url)}\n  {state}; {s.article_count} articles{every}; "
             f"last fetch {_human(s.last_fetch)}; next {_human(s.next_fetch)}"
         )
         for note in notes:
@@ -376,7 +413,7 @@ def cmd_articles(args: argparse.Namespace) -> int:
             _json_line(
                 {
                     "id": a.id,
-                    "feed_url": a.feed_url,
+                    "feed_url": redact_url(a.feed_url),
                     "feed_name": names.get(a.feed_url, a.feed_name),
                     "url": a.url,
                     "title": a.title,
@@ -393,7 +430,7 @@ def cmd_articles(args: argparse.Namespace) -> int:
             dup = f" (duplicate of {a.duplicate_of})" if a.duplicate_of else ""
             print(
                 f"{a.id}\t{_human(a.published or a.first_seen)}\t"
-                f"{names.get(a.feed_url, a.feed_name)}\t{a.title}{dup}\n\t{a.url}"
+                f"{names.get(a.feed_url, a.feed_name)}\t{a.title}{dup}\n\t{a.url or '(no link)'}"
             )
     return 0
 
@@ -496,6 +533,13 @@ def cmd_opml(args: argparse.Namespace) -> int:
         print(f"added {added} feeds to {settings.feeds_file} ({present} already there)")
         return 0
     document = export_opml(settings.feeds)
+    hidden = sum(redact_url(f.url) != f.url for f in settings.feeds)
+    if hidden:
+        print(
+            f"note: {hidden} feed URL(s) carry a password or token, exported as ***: "
+            "enter it in the other reader",
+            file=sys.stderr,
+        )
     if args.output:
         _write(Path(args.output), document.encode("utf-8"))
     else:
@@ -605,7 +649,12 @@ def _human(value: datetime | None) -> str:
 
 
 def _json_line(record: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_safe(json.dumps(record, ensure_ascii=False)) + "\n")
+
+
+def _unwrapped(stream: TextIO) -> TextIO:
+    """The stream under ``_Printable``: for our own control sequences (the progress bar's \\r)."""
+    return stream.stream if isinstance(stream, _Printable) else stream
 
 
 def _write(path: Path, data: bytes) -> None:

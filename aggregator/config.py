@@ -21,6 +21,7 @@ from datetime import time, timedelta
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -37,6 +38,7 @@ from pydantic import (
 
 from aggregator import __version__
 from aggregator.errors import ConfigError
+from aggregator.links import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -356,10 +358,15 @@ class FeedConfig(_Section):
 
     @property
     def display_name(self) -> str:
+        """``name``, else the URL's host and port (never the user name and password in it)."""
         if self.name:
             return self.name
-        host = re.sub(r"^https?://", "", self.url, flags=re.IGNORECASE).split("/")[0]
-        return host.removeprefix("www.")
+        try:
+            parts = urlsplit(self.url)
+            host, port = (parts.hostname or "").removeprefix("www."), parts.port
+        except ValueError:
+            return redact_url(self.url)
+        return f"{host}:{port}" if port else host
 
 
 class FeedsFile(_Section):

@@ -11,6 +11,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from aggregator.errors import StorageError
+from aggregator.links import redact_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration in migrations/versions (tests/test_store.py checks it is Alembic's head).
@@ -129,9 +130,10 @@ def _at_head(engine: Engine) -> bool:
 
 
 def redact(url: str) -> str:
-    """Return ``url`` with any password hidden, for messages and logs."""
+    """Return ``url`` with any password hidden, also one given as a query parameter
+    (``?password=``), for messages and logs."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        return redact_url(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:
         return "<unparseable URL>"
 

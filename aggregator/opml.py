@@ -13,6 +13,7 @@ import yaml
 
 from aggregator.config import FeedConfig, load_feeds
 from aggregator.errors import ConfigError
+from aggregator.links import redact_url
 
 
 def read_opml(data: bytes, source: str = "OPML") -> list[FeedConfig]:
@@ -103,7 +104,7 @@ def export_opml(feeds: tuple[FeedConfig, ...], title: str = "aggregator subscrip
             "type": "rss",
             "text": feed.display_name,
             "title": feed.display_name,
-            "xmlUrl": feed.url,
+            "xmlUrl": redact_url(feed.url),  # a password in the URL stays in feeds.yaml
         }
         if len(feed.tags) > 1:
             attributes["category"] = ",".join(feed.tags[1:])
