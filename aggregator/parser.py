@@ -4,6 +4,7 @@ JSON Feed 1.0/1.1 with the standard library. Also finds the feeds an HTML page l
 from __future__ import annotations
 
 import calendar
+import io
 import json
 import re
 import time
@@ -136,9 +137,10 @@ def parse_feed(result: FetchResult) -> ParsedFeed:
     fast = _fast_parse(result, head)
     if fast is not None:
         return fast
-    # Bytes plus headers only: given a str, feedparser may treat it as a path or URL to open.
+    # A stream, never bytes or str: feedparser tries to open() bytes as a file name and a str as
+    # a URL or path, so a body of b"/etc/passwd" would have it read that file as the feed.
     parsed = feedparser.parse(
-        result.body,
+        io.BytesIO(result.body),
         response_headers={
             "content-location": result.final_url,
             "content-type": result.content_type or "application/xml",
