@@ -216,16 +216,18 @@ def fit(digest: Digest, budget: int) -> tuple[Digest, str]:
     """Return the digest laid out so its HTML stays under ``budget`` bytes, and that HTML.
 
     Items keep their summaries while they fit; then the later ones become title links; then
-    the last are only counted ("and N more"). Every item stays covered by the run.
+    the last are only counted ("and N more"), and stay unsent for the next digest.
     """
     count = sum(len(group.items) for group in digest.groups)
     # Start near the answer: a full item takes at least ~500 bytes of inlined HTML and a title
     # link ~150, so more than that never fits; each try below renders the whole message.
-    full, shown = min(count, budget // 500), min(count, budget // 150)
+    full, shown = min(count, budget // 500), min(count, max(1, budget // 150))
     while True:
         laid_out = _layout(digest, full, shown)
         html = render_html(laid_out)
-        if len(html.encode("utf-8")) <= budget or shown == 0:
+        # At least one story is always shown (as a title link), however small the budget: a
+        # digest that only counted its stories would mark none sent, and the next one too.
+        if len(html.encode("utf-8")) <= budget or shown <= min(count, 1):
             return laid_out, html
         if full > 0:
             full = full * 3 // 4 if full > 8 else full - 1

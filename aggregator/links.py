@@ -21,8 +21,11 @@ __all__ = ["MAX_URL_LENGTH", "redact_secrets", "redact_url", "safe_link"]
 MAX_URL_LENGTH = 2048
 _C0_AND_SPACE = "".join(map(chr, range(0x21)))
 _TAB_AND_NEWLINES = str.maketrans("", "", "\t\n\r")
-# What a browser percent-encodes in a URL rather than keep: controls, spaces, DEL and C1.
-_UNSAFE_IN_URL = re.compile(r"[\x00-\x20\x7f-\x9f]")
+# What a URL we emit holds only percent-encoded: controls, spaces of every kind, and the
+# invisible format characters (zero-width, bidirectional overrides) that could disguise it.
+_UNSAFE_IN_URL = re.compile(
+    r"[\x00-\x20\x7f-\xa0\xad\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\ufeff]"
+)
 # Query parameters whose values are secrets wherever they appear (database URLs, API feeds).
 _SECRET_PARAMETERS = re.compile(
     r"(?i)^(password|passwd|pass|pwd|secret|token|access_token|api_key|apikey|key|auth|sig|signature)$"
@@ -43,18 +46,18 @@ def safe_link(value: str | None, base: str | None = None) -> str | None:
     if not value:
         return None
     url = value.strip(_C0_AND_SPACE).translate(_TAB_AND_NEWLINES)
-    if base:
-        url = urljoin(base, url)
-    scheme, colon, _ = url.partition(":")
-    if not colon or scheme.lower() not in ("http", "https"):
-        return None
     try:
+        if base:
+            url = urljoin(base, url)
+        scheme, colon, _ = url.partition(":")
+        if not colon or scheme.lower() not in ("http", "https"):
+            return None
         parts = urlsplit(url)
         host = parts.hostname
         port = parts.port
     except ValueError:  # "http://[::1/x", a port out of range
         return None
-    if not host:
+    if not host or _UNSAFE_IN_URL.search(host):
         return None
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
@@ -99,4 +102,5 @@ def _redact_parameter(pair: str) -> str:
 
 
 def _redact_userinfo(url: str) -> str:
-    return re.sub(r"(://[^/@\s:]*):[^/@\s]*@", rf"\1:{_HIDDEN}@", url)
+    """A URL too malformed to take apart: everything up to its last "@" may be a secret."""
+    return re.sub(r"(://)[^\s]*@", rf"\1{_HIDDEN}@", url)

@@ -234,7 +234,13 @@ class Pipeline:
         limit, so the pages of one slow site, queued for its host, held them all and the other
         sites' pages waited behind it."""
         async with self._host_pages(url), self._slots("pages"):
-            return await self._fetch_and_extract_now(url, selector, feed_has)
+            try:
+                return await self._fetch_and_extract_now(url, selector, feed_has)
+            except StorageError:
+                raise
+            except Exception:  # a page no rule foresaw costs its entry the page, not the feed
+                log.exception("page not extracted url=%s", url)
+                return None, url
 
     def _host_pages(self, url: str) -> asyncio.Semaphore:
         host = urlsplit(url).hostname or ""
