@@ -18,7 +18,7 @@ from typing import Any
 
 import lxml.html
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
@@ -46,7 +46,10 @@ _HTTP = re.compile(r"^https?://[^\s\x00-\x1f\x7f-\x9f]+$")
 
 
 def _rss(items: str, title: str = "Hostile") -> str:
-    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>{title}</title><link>/</link>{items}</channel></rss>'
+    return (
+        f'<?xml version="1.0"?><rss version="2.0"><channel><title>{title}</title><link>/</link>'
+        f"{items}</channel></rss>"
+    )
 
 
 def _item(title: str, link: str | None = None, guid: str | None = None, body: str = "") -> str:
@@ -280,7 +283,18 @@ def test_a_bad_link_costs_only_its_own_entry(
     assert status["consecutive_failures"] == 0 and "without a link" in status["last_warning"]
 
 
-_xml_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+# Random text, and values known to have broken a parser somewhere.
+_NASTY = [
+    *SCRIPTING_LINKS,
+    "http://0177.0.0.1/x",
+    "http://h:99999/",
+    "Mon, 99 Foo 99999 99:99:99 +9999",
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59-14:00",
+    "",
+    " ",
+]
+_xml_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60) | st.sampled_from(_NASTY)
 _fields = st.fixed_dictionaries(
     {},
     optional={
@@ -296,6 +310,7 @@ _fields = st.fixed_dictionaries(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fields=_fields, position=st.integers(0, 3), raw=st.booleans())
+@example(fields={"title": "Bad", "link": "http://[::1/x"}, position=1, raw=False)
 def test_any_one_mangled_rss_entry_leaves_the_others_stored(
     fields: dict[str, str], position: int, raw: bool
 ) -> None:
@@ -324,7 +339,7 @@ _json_item = st.one_of(
     st.fixed_dictionaries(
         {},
         optional={
-            key: _json_value | st.text(max_size=40)
+            key: _json_value | st.text(max_size=40) | st.sampled_from(_NASTY)
             for key in ("id", "url", "title", "content_html", "content_text", "date_published", "authors")
         },
     ),
@@ -333,6 +348,8 @@ _json_item = st.one_of(
 
 @settings(max_examples=60, deadline=None)
 @given(item=_json_item, position=st.integers(0, 3))
+@example(item={"id": "bad", "url": "http://[::1/x", "title": "Bad"}, position=1)
+@example(item={"id": "nul", "title": "Nul\u0000", "date_published": "0001-01-01T00:00:00+14:00"}, position=0)
 def test_any_one_mangled_json_feed_item_leaves_the_others_stored(item: Any, position: int) -> None:
     items: list[Any] = [
         {"id": link, "url": f"https://site.example{link}", "title": title, "content_text": "Text."}
@@ -488,7 +505,8 @@ def _bomb(levels: int) -> bytes:
     entities = "".join(f'<!ENTITY lol{i} "{("&lol" + str(i - 1) + ";") * 10}">' for i in range(1, levels + 1))
     return (
         f'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol0 "lol">{entities}]>'
-        f'<rss version="2.0"><channel><title>&lol{levels};</title><item><title>x</title></item></channel></rss>'
+        f'<rss version="2.0"><channel><title>&lol{levels};</title>'
+        "<item><title>x</title></item></channel></rss>"
     ).encode()
 
 
@@ -591,13 +609,13 @@ def test_stories_only_counted_are_not_marked_sent(
     httpserver: HTTPServer, write_config: ConfigWriter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     httpserver.expect_request("/feed").respond_with_data(
-        _rss("".join(_story(i) for i in range(30))), content_type="application/rss+xml"
+        _rss("".join(_story(i) for i in range(60))), content_type="application/rss+xml"
     )
-    # A budget that shows a few stories and only counts the rest.
+    # A budget that shows some stories (as title links) and only counts the rest.
     config = write_config(
         feeds=[{"url": httpserver.url_for("/feed")}],
         extract={"enabled": False},
-        digest={"max_html_bytes": "9KB"},
+        digest={"max_html_bytes": "6KB"},
     )
     refresh(load_settings(config, environ={}))
     seen: set[str] = set()
@@ -611,7 +629,7 @@ def test_stories_only_counted_are_not_marked_sent(
         assert shown, "each digest shows at least one story"
         assert not shown & seen, "a story shown once is never sent again"
         seen |= shown
-    assert seen == {f"Story {i}" for i in range(30)}, "every story is shown in the end"
+    assert seen == {f"Story {i}" for i in range(60)}, "every story is shown in the end"
 
 
 def test_a_body_naming_a_local_file_is_not_read_as_the_feed(
