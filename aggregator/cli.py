@@ -38,24 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-hosted feed aggregator: full text, duplicates dropped, a daily digest.",
     )
     parser.add_argument("--version", action="version", version=f"aggregator {__version__}")
+    # The common options go before or after the command (``aggregator --config x.yaml feeds`` and
+    # ``aggregator feeds --config x.yaml``): given on both levels with no default, so that the
+    # command's level does not overwrite the other with its default; _with_defaults fills them.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        metavar="PATH",
-        help="config file (default: $AGGREGATOR_CONFIG or config/aggregator.yaml)",
-    )
-    common.add_argument(
-        "--log-level",
-        default=os.environ.get("AGGREGATOR_LOG_LEVEL", "").lower() or None,
-        choices=["debug", "info", "warning", "error"],
-        help="log detail on stderr (default: info for run, warning otherwise)",
-    )
-    common.add_argument(
-        "--log-format",
-        default=os.environ.get("AGGREGATOR_LOG_FORMAT", "text"),
-        choices=["text", "json"],
-        help="log lines as text or JSON",
-    )
+    for level in (parser, common):
+        _add_common_options(level)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     sub.add_parser(
@@ -125,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
 
-    opml = sub.add_parser("opml", help="import or export subscriptions as OPML")
+    opml = sub.add_parser("opml", parents=[common], help="import or export subscriptions as OPML")
     opml_sub = opml.add_subparsers(dest="opml_command", metavar="ACTION", required=True)
     opml_import = opml_sub.add_parser("import", parents=[common], help="add an OPML's feeds to feeds.yaml")
     opml_import.add_argument("file", metavar="FILE")
@@ -138,9 +126,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="config file (default: $AGGREGATOR_CONFIG or config/aggregator.yaml)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=["debug", "info", "warning", "error"],
+        help="log detail on stderr (default: $AGGREGATOR_LOG_LEVEL, else info for run, warning otherwise)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=argparse.SUPPRESS,
+        choices=["text", "json"],
+        help="log lines as text or JSON (default: $AGGREGATOR_LOG_FORMAT, else text)",
+    )
+
+
+def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the common options given at neither level (see build_parser)."""
+    if not hasattr(args, "config"):
+        args.config = None
+    if not hasattr(args, "log_level"):
+        level = os.environ.get("AGGREGATOR_LOG_LEVEL", "").lower()
+        args.log_level = level if level in ("debug", "info", "warning", "error") else None
+    if not hasattr(args, "log_format"):
+        args.log_format = "json" if os.environ.get("AGGREGATOR_LOG_FORMAT", "").lower() == "json" else "text"
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command in ``argv``; return the exit code."""
-    args = build_parser().parse_args(argv)
+    args = _with_defaults(build_parser().parse_args(argv))
     # Everything a command prints may hold text from feeds and servers: shown, never obeyed.
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Printable(stdout), _Printable(stderr)
@@ -247,7 +268,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             # A feed that answered 410 Gone is only fetched again when named with --feed.
             gone = {url for url, state in states.items() if state.gone}
             if gone:
-                print(f"skipping {len(gone)} gone feeds (410): see `aggregator feeds`", file=sys.stderr)
+                print(
+                    f"skipping {len(gone)} gone {_plural(len(gone), 'feed')} (410): see `aggregator feeds`",
+                    file=sys.stderr,
+                )
                 feeds = [f for f in feeds if f.url not in gone]
         if any(will_parse(states.get(f.url)) for f in feeds):
             # Before the pass starts a thread, and with no database connection open, so that
@@ -276,20 +300,26 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             workers.shutdown()  # closed already unless the pass never began
     for outcome in outcomes:
         if not outcome.ok:
-            status = f" HTTP {outcome.status}" if outcome.status else ""
-            print(
-                f"failed: {redact_url(outcome.feed_url)}: {outcome.error_kind}{status}: {outcome.error}",
-                file=sys.stderr,
-            )
+            print(f"failed: {redact_url(outcome.feed_url)}: {_failure(outcome)}", file=sys.stderr)
     seconds = (datetime.now(UTC) - started).total_seconds()
     ok = sum(o.ok for o in outcomes)
+    new = sum(o.new_articles for o in outcomes)
+    duplicates = sum(o.duplicates for o in outcomes)
     print(
-        f"fetched {len(outcomes)} feeds in {seconds:.1f}s: {ok} ok "
+        f"fetched {len(outcomes)} {_plural(len(outcomes), 'feed')} in {seconds:.1f}s: {ok} ok "
         f"({sum(o.not_modified for o in outcomes)} not modified), {len(outcomes) - ok} failed; "
-        f"{sum(o.new_articles for o in outcomes)} new articles "
-        f"({sum(o.duplicates for o in outcomes)} duplicates)"
+        f"{new} new {_plural(new, 'article')} ({duplicates} {_plural(duplicates, 'duplicate')})"
     )
     return 0
+
+
+def _failure(outcome: RefreshOutcome) -> str:
+    """Why a feed failed, each thing said once: "HTTP 404 Not Found", "… (timeout)"."""
+    message = outcome.error or ""
+    if outcome.status and f"HTTP {outcome.status}" not in message:
+        message = f"HTTP {outcome.status}: {message}"
+    kind = outcome.error_kind or "error"
+    return message if kind in ("http", "gone") or kind in message else f"{message} ({kind})"
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
@@ -301,7 +331,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     settings = _settings(args)
     since = _parse_time(args.since, "--since") if args.since else None
     chosen = settings.digest_named(args.name)
-    store = Store.open(settings.database_url)
+    store = Store.open(settings.database_url, create=args.send)
     now = datetime.now(UTC)
     try:
         if args.send:
@@ -320,7 +350,8 @@ def cmd_digest(args: argparse.Namespace) -> int:
                 if report.digest is None:
                     print(f"{label}: nothing new to send" if len(targets) > 1 else "nothing new to send")
                 else:
-                    print(f"sent {label} with {report.digest.count} stories to {report.destination}")
+                    count = report.digest.count
+                    print(f"sent {label} with {count} {_stories(count)} to {report.destination}")
             return 1 if failed else 0
         digest = prepare_digest(store, settings, now, since, chosen)
     finally:
@@ -336,7 +367,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
             _write(path, fit(digest, chosen.max_html_bytes)[1].encode("utf-8"))
         else:
             raise ConfigError(f"--output {path}: use a .eml or .html file name")
-        print(f"wrote preview of {digest.count} stories to {path} (nothing marked sent)")
+        print(f"wrote preview of {digest.count} {_stories(digest.count)} to {path} (nothing marked sent)")
         return 0
     sys.stdout.write(render_text(fit(digest, chosen.max_html_bytes)[0]))
     return 0
@@ -346,7 +377,7 @@ def cmd_feeds(args: argparse.Namespace) -> int:
     from aggregator.store import Store
 
     settings = _settings(args)
-    store = Store.open(settings.database_url)
+    store = Store.open(settings.database_url, create=False)
     try:
         statuses = store.feed_statuses([(f.url, f.display_name) for f in settings.feeds])
         failures = [
@@ -389,7 +420,8 @@ def cmd_feeds(args: argparse.Namespace) -> int:
         if s.moved_to:
             notes.append(f"redirects permanently to {redact_url(s.moved_to)} (adopted if it persists)")
         print(
-            f"{s.name}\n  {redact_url(s.url)}\n  {state}; {s.article_count} articles{every}; "
+            f"{s.name}\n  {redact_url(s.url)}\n  {state}; {s.article_count} "
+            f"{_plural(s.article_count, 'article')}{every}; "
             f"last fetch {_human(s.last_fetch)}; next {_human(s.next_fetch)}"
         )
         for note in notes:
@@ -402,7 +434,7 @@ def cmd_articles(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     since = _parse_time(args.since, "--since") if args.since else None
-    store = Store.open(settings.database_url)
+    store = Store.open(settings.database_url, create=False)
     try:
         rows = store.list_articles(since=since, feed_url=args.feed, limit=args.limit)
     finally:
@@ -509,18 +541,28 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from aggregator.database import redact, sqlite_path
+
     settings = _settings(args)
     source = settings.source or f"{resolve_config_path(args.config, os.environ)} (absent: embedded defaults)"
     delivery = (
         f"SMTP {settings.smtp.host}:{settings.smtp.port}"
         if settings.smtp
-        else f"outbox {settings.outbox_dir}/"
+        else f"the outbox folder {Path(settings.outbox_dir).absolute()}/"
     )
-    print(
-        f"{source}: OK; {len(settings.feeds)} feeds from {settings.feeds_file}; "
-        + "; ".join(f"{d.name} digest {d.schedule_label}" for d in settings.all_digests)
-        + f" via {delivery}"
-    )
+    path = sqlite_path(settings.database_url)
+    if path is None:
+        database = redact(settings.database_url)
+    elif path.exists():
+        database = f"{path} (SQLite)"
+    else:
+        database = f"{path} (SQLite; not created yet: `aggregator fetch` or `aggregator run` creates it)"
+    feeds = len(settings.feeds)
+    print(f"{source}: OK")
+    print(f"  feeds:    {feeds} {_plural(feeds, 'feed')} from {settings.feeds_file.absolute()}")
+    print(f"  database: {database}")
+    for digest in settings.all_digests:
+        print(f"  digest:   {digest.name}, {digest.schedule_label}, to {', '.join(digest.to)} via {delivery}")
     return 0
 
 
@@ -530,7 +572,7 @@ def cmd_opml(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.opml_command == "import":
         added, present = import_opml(Path(args.file), settings.feeds_file)
-        print(f"added {added} feeds to {settings.feeds_file} ({present} already there)")
+        print(f"added {added} {_plural(added, 'feed')} to {settings.feeds_file} ({present} already there)")
         return 0
     document = export_opml(settings.feeds)
     hidden = sum(redact_url(f.url) != f.url for f in settings.feeds)
@@ -559,7 +601,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         return 1
     from aggregator.database import create_db_engine
 
-    store = Store(create_db_engine(settings.database_url))
+    store = Store(create_db_engine(settings.database_url, create=False))
     try:
         store.ping()
     finally:
@@ -612,6 +654,15 @@ class Progress:
         if self.enabled and self.total:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    """``word`` or its plural, as ``count`` asks ("1 feed", "2 feeds", "1 story", "3 stories")."""
+    return word if count == 1 else plural or word + "s"
+
+
+def _stories(count: int) -> str:
+    return _plural(count, "story", "stories")
 
 
 def _positive_int(value: str) -> int:

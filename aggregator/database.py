@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -28,11 +29,13 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def create_db_engine(url: str, *, pool: bool = True, checkpoints: bool = True) -> Engine:
+def create_db_engine(url: str, *, pool: bool = True, checkpoints: bool = True, create: bool = True) -> Engine:
     """Return an Engine; SQLite gets WAL, a busy timeout and foreign keys, and its folder made.
 
     ``checkpoints=False``: this engine's commits never checkpoint the SQLite write-ahead log;
-    whoever asks for that checkpoints it (``Store.checkpoint``).
+    whoever asks for that checkpoints it (``Store.checkpoint``). ``create=False``: a SQLite file
+    that does not exist is a StorageError naming it, not a new empty database (the commands
+    that only read).
     """
     url = normalise_url(url)
     try:
@@ -42,7 +45,7 @@ def create_db_engine(url: str, *, pool: bool = True, checkpoints: bool = True) -
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_file(Path(parsed.database), create)
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
@@ -56,6 +59,46 @@ def create_db_engine(url: str, *, pool: bool = True, checkpoints: bool = True) -
         event.listen(engine, "connect", _sqlite_pragmas if checkpoints else _sqlite_pragmas_no_checkpoints)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The absolute path of the SQLite file ``url`` names (a relative one resolves against the
+    working directory); None for another database or an in-memory one."""
+    try:
+        parsed = make_url(normalise_url(url))
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database).absolute()
+
+
+def _sqlite_file(path: Path, create: bool) -> None:
+    """Check that the SQLite file can be used, with the cause and the path when it cannot."""
+    path = path.absolute()
+    if not create:
+        if not path.exists():
+            raise StorageError(
+                f"no database at {path}: nothing was fetched there yet (`aggregator fetch` or "
+                f"`aggregator run` creates it). A relative sqlite:/// path resolves against the "
+                f"working directory, here {Path.cwd()}"
+            )
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the database folder {path.parent}: {exc.strerror or exc}"
+        ) from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise StorageError(
+            f"the database folder {path.parent} is not writable by this user (uid {os.getuid()}): "
+            f"SQLite writes {path.name} and its journal there"
+        )
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise StorageError(
+            f"the database file {path} is not readable and writable by this user (uid {os.getuid()})"
+        )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -111,9 +154,17 @@ def migrate(engine: Engine) -> None:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except OperationalError as exc:
-        raise StorageError(f"database unreachable: {_first_line(exc)}") from None
+        raise StorageError(_unreachable(engine, exc)) from None
     except SQLAlchemyError as exc:
         raise StorageError(f"database migration failed: {_first_line(exc)}") from None
+
+
+def has_schema(engine: Engine) -> bool:
+    """Whether the database holds our tables (any revision of them)."""
+    try:
+        return inspect(engine).has_table("alembic_version")
+    except OperationalError as exc:
+        raise StorageError(_unreachable(engine, exc)) from None
 
 
 def _at_head(engine: Engine) -> bool:
@@ -123,7 +174,7 @@ def _at_head(engine: Engine) -> bool:
     except OperationalError as exc:
         if "alembic_version" in str(exc) or "no such table" in str(exc):
             return False
-        raise StorageError(f"database unreachable: {_first_line(exc)}") from None
+        raise StorageError(_unreachable(engine, exc)) from None
     except SQLAlchemyError:
         return False
     return version == HEAD_REVISION
@@ -136,6 +187,15 @@ def redact(url: str) -> str:
         return redact_url(make_url(url).render_as_string(hide_password=True))
     except ArgumentError:
         return "<unparseable URL>"
+
+
+def _unreachable(engine: Engine, exc: BaseException) -> str:
+    """Why the database cannot be used, naming the file for SQLite."""
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        path = Path(engine.url.database).absolute()
+        return f"cannot open the database file {path}: {_first_line(exc)}"
+    where = redact(engine.url.render_as_string(hide_password=True))
+    return f"database unreachable ({where}): {_first_line(exc)}"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.sql.expression import Executable
 
 from aggregator.controls import clean_text
-from aggregator.database import create_db_engine, migrate
+from aggregator.database import create_db_engine, has_schema, migrate, redact
 from aggregator.dedup import (
     TextProfile,
     is_near_duplicate,
@@ -171,9 +171,19 @@ class Store:
         self._recent = RecentIndex()
 
     @classmethod
-    def open(cls, database_url: str) -> Store:
-        """Connect, apply pending migrations and return a Store; raise StorageError if unreachable."""
-        engine = create_db_engine(database_url)
+    def open(cls, database_url: str, *, create: bool = True) -> Store:
+        """Connect, apply pending migrations and return a Store; raise StorageError if unreachable.
+
+        ``create=False`` (commands that only read): a database that does not exist yet, or holds
+        no tables of ours, is a StorageError saying so, instead of a new empty one.
+        """
+        engine = create_db_engine(database_url, create=create)
+        if not create and not has_schema(engine):
+            engine.dispose()
+            raise StorageError(
+                f"the database {redact(database_url)} has no aggregator tables yet: nothing was "
+                "fetched there (`aggregator fetch` or `aggregator run` creates them)"
+            )
         migrate(engine)
         return cls(engine)
 

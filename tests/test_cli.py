@@ -68,7 +68,8 @@ def test_every_command_takes_config() -> None:
 def test_check_config_ok_and_bad(write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]) -> None:
     good = write_config(feeds=[{"url": "https://a.example/feed"}])
     assert main(["check-config", "--config", str(good)]) == 0
-    assert "OK; 1 feeds" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert ": OK\n" in out and "1 feed from " in out and "database: " in out
     bad = write_config(fetch={"timeout": "forever"})
     assert main(["check-config", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
@@ -90,8 +91,19 @@ def test_fetch_unknown_feed_is_a_usage_error(
     assert "add the feed there first" in capsys.readouterr().err
 
 
-def test_feeds_json_before_any_fetch(write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]) -> None:
+def test_feeds_json_before_any_fetch(
+    write_config: ConfigWriter, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     config = write_config(feeds=[{"url": "https://a.example/feed", "name": "A"}])
+    # Before the database exists, the commands that only read say where they looked.
+    for argv in (["feeds"], ["articles"], ["digest"], ["health"]):
+        assert main([*argv, "--config", str(config)]) == 1, argv
+        err = capsys.readouterr().err
+        assert argv == ["health"] or f"no database at {tmp_path / 'aggregator.db'}" in err, err
+    assert not (tmp_path / "aggregator.db").exists()
+    from aggregator.store import Store
+
+    Store.open(f"sqlite:///{tmp_path / 'aggregator.db'}").close()  # as `fetch` or `run` would
     assert main(["feeds", "--json", "--config", str(config)]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     record = json.loads(line)

@@ -362,7 +362,7 @@ def test_several_digests_each_with_its_own_filters(
     assert "Story b" in capsys.readouterr().out
     assert main(["digest", "--send", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "sent world digest with 1 stories" in out and "sent tech digest with 1 stories" in out
+    assert "sent world digest with 1 story" in out and "sent tech digest with 1 story" in out
     messages = sorted((tmp_path / "outbox").glob("*.eml"))
     assert len(messages) == 2
     parsed = [email.message_from_bytes(m.read_bytes(), policy=default) for m in messages]
