@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     articles = sub.add_parser("articles", parents=[common], help="list stored articles")
     articles.add_argument("--json", action="store_true", help="one JSON object per line")
-    articles.add_argument("--since", metavar="ISO8601", help="first seen at or after this time")
+    articles.add_argument("--since", metavar="ISO8601", help="published at or after this time")
     articles.add_argument("--feed", metavar="URL", help="only this feed's articles")
     articles.add_argument("--limit", metavar="N", type=_positive_int, help="at most N articles")
 
@@ -347,6 +347,12 @@ def cmd_digest(args: argparse.Namespace) -> int:
                     print(f"aggregator: {where}{exc}", file=sys.stderr)
                     failed = exc
                     continue
+                if report.pending is not None:
+                    count = report.pending.count
+                    print(
+                        f"delivered the {label} held back on {report.pending.date_label} "
+                        f"({count} {_stories(count)}) to {report.pending_destination}"
+                    )
                 if report.digest is None:
                     print(f"{label}: nothing new to send" if len(targets) > 1 else "nothing new to send")
                 else:
@@ -369,7 +375,8 @@ def cmd_digest(args: argparse.Namespace) -> int:
             raise ConfigError(f"--output {path}: use a .eml or .html file name")
         print(f"wrote preview of {digest.count} {_stories(digest.count)} to {path} (nothing marked sent)")
         return 0
-    sys.stdout.write(render_text(fit(digest, chosen.max_html_bytes)[0]))
+    text = render_text(fit(digest, chosen.max_html_bytes)[0])
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")  # the prompt on a line of its own
     return 0
 
 
@@ -440,6 +447,8 @@ def cmd_articles(args: argparse.Namespace) -> int:
     finally:
         store.close()
     names = {f.url: f.display_name for f in settings.feeds}
+    if rows and not args.json:
+        print("id\tpublished (newest first)\tsource\ttitle")
     for a in rows:
         if args.json:
             _json_line(

@@ -372,6 +372,14 @@ class FeedConfig(_Section):
 class FeedsFile(_Section):
     feeds: list[FeedConfig] = Field(default_factory=list)
 
+    @field_validator("feeds", mode="before")
+    @classmethod
+    def _urls_alone(cls, value: Any) -> Any:
+        # `- https://…/feed` is a feed with nothing but its URL, as people write it.
+        if isinstance(value, list):
+            return [{"url": item} if isinstance(item, str) else item for item in value]
+        return value
+
     @model_validator(mode="after")
     def _unique(self) -> FeedsFile:
         seen: set[str] = set()
@@ -593,23 +601,87 @@ def _env_value(value: str) -> Any:
     return value
 
 
+# Pydantic's words for a wrong type, in ours.
+_TYPE_MESSAGES = {
+    "model_type": "should be a mapping of keys (key: value, one per line)",
+    "dict_type": "should be a mapping of keys (key: value, one per line)",
+    "list_type": "should be a list (one `- item` per line)",
+    "string_type": "should be text",
+    "int_type": "should be a whole number",
+    "int_parsing": "should be a whole number",
+    "int_from_float": "should be a whole number",
+    "bool_type": "should be true or false",
+    "bool_parsing": "should be true or false",
+    "float_type": "should be a number",
+    "float_parsing": "should be a number",
+}
+
+
 def _describe(path: Path, exc: ValidationError, raw: Any = None) -> str:
+    """One line per problem: the file, where in it (a feed counted from 1, with its URL), what is
+    wrong, and for an unknown key the known one it may be a typo of."""
     lines = []
     for error in exc.errors():
         loc = error["loc"]
-        key = ""
-        for part in loc:
-            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif error["type"] == "missing":
+        where = _location(loc, raw)
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key" + _did_you_mean(
+                str(loc[-1]), _keys_at(FeedsFile if raw is not None else Settings, loc[:-1])
+            )
+        elif kind == "missing":
             message = "required key is missing"
-        hint = ""
-        if raw is not None and len(loc) >= 2 and loc[0] == "feeds" and isinstance(loc[1], int):
-            try:
-                hint = f" (feed {raw['feeds'][loc[1]].get('url')})"
-            except (AttributeError, IndexError, KeyError, TypeError):
-                hint = ""
-        lines.append(f"{path}: {key or '(top level)'}: {message}{hint}")
+        elif kind in _TYPE_MESSAGES:
+            given = error.get("input")
+            shown = f"{given!r}" if isinstance(given, str | int | float | bool) else type(given).__name__
+            message = f"{_TYPE_MESSAGES[kind]}, not {shown}"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {where or '(top level)'}: {message}")
     return "\n".join(lines)
+
+
+def _location(loc: tuple[int | str, ...], raw: Any) -> str:
+    """``fetch.timeout``; a feed as ``feed #2 (https://…)``, counted from 1 as people count."""
+    if raw is not None and len(loc) >= 2 and loc[0] == "feeds" and isinstance(loc[1], int):
+        url = None
+        try:
+            entry = raw["feeds"][loc[1]]
+            url = entry.get("url") if isinstance(entry, dict) else entry
+        except (IndexError, KeyError, TypeError):
+            pass
+        head = f"feed #{loc[1] + 1}" + (f" ({url})" if isinstance(url, str) else "")
+        rest = ".".join(str(part) for part in loc[2:])
+        return f"{head}: {rest}" if rest else head
+    return ".".join(f"#{part + 1}" if isinstance(part, int) else str(part) for part in loc)
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model at ``loc`` (inside ``model``) knows, for "did you mean"."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = _section_model(annotation) or _list_item_model(annotation)
+        if current is None:
+            return []
+    fields = getattr(current, "model_fields", {})
+    return [info.alias or name for name, info in fields.items()]
+
+
+def _list_item_model(annotation: Any) -> type[BaseModel] | None:
+    for argument in getattr(annotation, "__args__", ()) or ():
+        if isinstance(argument, type) and issubclass(argument, BaseModel):
+            return argument
+    return None
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 class DeliveryReport:
     digest: Digest | None
     destination: str  # "smtp host:port", an outbox file path, or "" when nothing was sent
+    # A run recorded earlier but not delivered then (an outage), delivered first this time.
+    pending: Digest | None = None
+    pending_destination: str = ""
 
 
 def prepare_digest(
@@ -86,17 +89,20 @@ def _send_locked(
     config: DigestSettings,
 ) -> DeliveryReport:
     pending = store.pending_digest_run(config.name)
+    delivered: Digest | None = None
+    delivered_to = ""
     if pending is not None and pending.articles:
         again = build_digest(pending.articles, set(), settings.feeds, config, pending.created_at)
         if again is not None:
             log.info("digest=%s delivering the pending run %s first", config.name, pending.run_key)
-            _deliver(store, settings, replace(again, run_key=pending.run_key), config, now, sleep)
+            delivered = replace(again, run_key=pending.run_key)
+            delivered_to = _deliver(store, settings, delivered, config, now, sleep)
     built = prepare_digest(store, settings, now, since, config)
     if built is None:
         log.info("digest=%s nothing new to send", config.name)
-        return DeliveryReport(None, "")
+        return DeliveryReport(None, "", delivered, delivered_to)
     destination = _deliver(store, settings, built, config, now, sleep)
-    return DeliveryReport(built, destination)
+    return DeliveryReport(built, destination, delivered, delivered_to)
 
 
 def _deliver(

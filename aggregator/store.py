@@ -699,13 +699,15 @@ class Store:
         feed_url: str | None = None,
         limit: int | None = None,
     ) -> list[StoredArticle]:
-        """Return stored articles, newest first."""
+        """Return stored articles, newest published first (an undated one by when first seen),
+        ``since`` by that same time."""
+        shown = func.coalesce(Article.published, Article.first_seen)
         query = _article_query()
         if since is not None:
-            query = query.where(Article.first_seen >= since)
+            query = query.where(shown >= since)
         if feed_url is not None:
             query = query.where(Feed.url == feed_url)
-        query = query.order_by(Article.first_seen.desc(), Article.id.desc())
+        query = query.order_by(shown.desc(), Article.id.desc())
         if limit is not None:
             query = query.limit(limit)
         with self._session() as session:

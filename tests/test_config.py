@@ -154,7 +154,7 @@ def test_bad_feed_entry_names_the_entry(write_config: ConfigWriter) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(path, environ={})
     message = str(caught.value)
-    assert "feeds.yaml: feeds[1].url" in message and "ftp://nope" in message
+    assert "feeds.yaml: feed #2 (ftp://nope): url:" in message
 
 
 def test_duplicate_feed_is_an_error(write_config: ConfigWriter) -> None:
