@@ -16,18 +16,18 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from aggregator import __version__
-from aggregator.config import Settings, load_settings, resolve_config_path
+from aggregator.config import Settings, feed_label, load_settings, resolve_config_path
 from aggregator.controls import json_safe, printable
 from aggregator.errors import AggregatorError, ConfigError, FetchError
 from aggregator.links import redact_url
 from aggregator.logs import configure_logging
-from aggregator.models import RefreshOutcome
+from aggregator.models import FeedStatus, RefreshOutcome, StoredArticle
 
 log = logging.getLogger("aggregator")
 
@@ -386,7 +386,14 @@ def cmd_feeds(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = Store.open(settings.database_url, create=False)
     try:
-        statuses = store.feed_statuses([(f.url, f.display_name) for f in settings.feeds])
+        statuses = [
+            replace(status, name=feed.label(status.title))
+            for status, feed in zip(
+                store.feed_statuses([(f.url, f.display_name) for f in settings.feeds]),
+                settings.feeds,
+                strict=True,
+            )
+        ]
         failures = [
             (d.name, f) for d in settings.all_digests if (f := store.last_digest_failure(d.name)) is not None
         ]
@@ -405,6 +412,11 @@ def cmd_feeds(args: argparse.Namespace) -> int:
         print(f"no feeds configured in {settings.feeds_file}")
     for name, (when, why) in failures:
         print(f"digest {name}: NOT DELIVERED at {_human(when)}: {why}\n")
+    # Two entries of feeds.yaml that end up polling one feed (a homepage and its feed's URL).
+    polled: dict[str, list[FeedStatus]] = {}
+    for status in statuses:
+        polled.setdefault(status.fetch_url or status.url, []).append(status)
+    configured = {f.url: f for f in settings.feeds}
     for s in statuses:
         if s.gone:
             state = "GONE (HTTP 410): no longer polled"
@@ -415,7 +427,17 @@ def cmd_feeds(args: argparse.Namespace) -> int:
         else:
             state = f"ok (HTTP {s.last_status})"
         every = f"; polled every {_duration(s.poll_interval)}" if s.poll_interval else ""
+        asked = settings.interval_for(configured[s.url]).total_seconds()
+        if s.poll_interval and _duration(s.poll_interval) != _duration(asked):
+            why = "it publishes rarely, or its server asks" if s.poll_interval > asked else "its server asks"
+            every += f" (interval {_duration(asked)}, adapted: {why})"
         notes = []
+        twins = [t for t in polled[s.fetch_url or s.url] if t is not s]
+        if twins:
+            notes.append(
+                f"the same feed as {twins[0].name} ({redact_url(twins[0].url)}): both are polled; "
+                "remove one from feeds.yaml"
+            )
         if s.gone:
             notes.append("remove it from feeds.yaml, or `aggregator fetch --feed URL` to try it again")
         if s.fetch_url and s.fetch_url_reason == "moved":
@@ -446,7 +468,14 @@ def cmd_articles(args: argparse.Namespace) -> int:
         rows = store.list_articles(since=since, feed_url=args.feed, limit=args.limit)
     finally:
         store.close()
-    names = {f.url: f.display_name for f in settings.feeds}
+    configured = {f.url: f for f in settings.feeds}
+
+    def source(article: StoredArticle) -> str:
+        feed = configured.get(article.feed_url)
+        return (
+            feed.label(article.feed_name) if feed else feed_label(article.feed_url, title=article.feed_name)
+        )
+
     if rows and not args.json:
         print("id\tpublished (newest first)\tsource\ttitle")
     for a in rows:
@@ -455,7 +484,7 @@ def cmd_articles(args: argparse.Namespace) -> int:
                 {
                     "id": a.id,
                     "feed_url": redact_url(a.feed_url),
-                    "feed_name": names.get(a.feed_url, a.feed_name),
+                    "feed_name": source(a),
                     "url": a.url,
                     "title": a.title,
                     "author": a.author,
@@ -471,7 +500,7 @@ def cmd_articles(args: argparse.Namespace) -> int:
             dup = f" (duplicate of {a.duplicate_of})" if a.duplicate_of else ""
             print(
                 f"{a.id}\t{_human(a.published or a.first_seen)}\t"
-                f"{names.get(a.feed_url, a.feed_name)}\t{a.title}{dup}\n\t{a.url or '(no link)'}"
+                f"{source(a)}\t{a.title}{dup}\n\t{a.url or '(no link)'}"
             )
     return 0
 

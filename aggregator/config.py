@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from aggregator import __version__
+from aggregator.controls import clean_text, shorten
 from aggregator.errors import ConfigError
 from aggregator.links import redact_url
 
@@ -359,14 +360,27 @@ class FeedConfig(_Section):
     @property
     def display_name(self) -> str:
         """``name``, else the URL's host and port (never the user name and password in it)."""
-        if self.name:
-            return self.name
-        try:
-            parts = urlsplit(self.url)
-            host, port = (parts.hostname or "").removeprefix("www."), parts.port
-        except ValueError:
-            return redact_url(self.url)
-        return f"{host}:{port}" if port else host
+        return feed_label(self.url, self.name)
+
+    def label(self, title: str | None) -> str:
+        """How the feed is called: its ``name:``, else its own title (``title``, once fetched),
+        else its host."""
+        return feed_label(self.url, self.name, title)
+
+
+def feed_label(url: str, name: str | None = None, title: str | None = None) -> str:
+    """A feed's name for people: ``name``, else its title (one line, at most 80 characters), else
+    the host and port of ``url`` (never the user name and password in it)."""
+    if name:
+        return name
+    if title and title.strip():
+        return shorten(" ".join(clean_text(title).split()), 80)
+    try:
+        parts = urlsplit(url)
+        host, port = (parts.hostname or "").removeprefix("www."), parts.port
+    except ValueError:
+        return redact_url(url)
+    return f"{host}:{port}" if port else host
 
 
 class FeedsFile(_Section):

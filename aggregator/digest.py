@@ -23,7 +23,7 @@ from jinja2 import (
     select_autoescape,
 )
 
-from aggregator.config import DigestSettings, FeedConfig
+from aggregator.config import DigestSettings, FeedConfig, feed_label
 from aggregator.controls import clean_text, shorten
 from aggregator.dedup import lead_order
 from aggregator.links import safe_link
@@ -139,7 +139,10 @@ def build_digest(
     Duplicates fold into their representative as "Also in" links; a duplicate whose
     representative was sent in an earlier digest is covered but not shown again.
     """
-    names = {f.url: f.display_name for f in feeds}
+    titles = {a.feed_url: a.feed_name for a in articles}
+    names = {f.url: f.label(titles.get(f.url)) for f in feeds}
+    for url, title in titles.items():
+        names.setdefault(url, feed_label(url, title=title))  # a feed no longer configured
     stories: dict[int, list[StoredArticle]] = {}
     covered: list[int] = []
     wanted = _filter(feeds, settings)
@@ -161,7 +164,7 @@ def build_digest(
         items.append((lead.feed_url, _item(lead, others, names, zone)))
     if not items and not settings.send_empty:
         return None
-    order = _group_order(feeds)
+    order = _group_order(feeds, names)
     groups: dict[str, list[DigestItem]] = {}
     for feed_url, item in items:
         groups.setdefault(_group_of(feed_url, feeds, names), []).append(item)
@@ -307,7 +310,7 @@ def _item(
         article_id=lead.id,
         title=_shown(lead.title, SHOWN_TITLE) or url or "(untitled)",
         url=url,
-        source=_shown(names.get(lead.feed_url, lead.feed_name), SHOWN_NAME),
+        source=_shown(names[lead.feed_url], SHOWN_NAME),
         published=published,
         published_label=f"{local:%a} {local.day} {local:%b}, {local:%H:%M}",
         author=_shown(lead.author, SHOWN_NAME) or None,
@@ -315,8 +318,7 @@ def _item(
         summary="",  # made in _layout, only for the items shown with one
         summary_source=(lead.text, lead.summary),
         also_in=tuple(
-            OtherCopy(_shown(names.get(o.feed_url, o.feed_name), SHOWN_NAME), safe_link(o.url) or "")
-            for o in others
+            OtherCopy(_shown(names[o.feed_url], SHOWN_NAME), safe_link(o.url) or "") for o in others
         ),
         copy_ids=(lead.id, *(o.id for o in others)),
     )
@@ -391,14 +393,14 @@ def _filter(feeds: Sequence[FeedConfig], settings: DigestSettings) -> Callable[[
 def _group_of(feed_url: str, feeds: Sequence[FeedConfig], names: dict[str, str]) -> str:
     for feed in feeds:
         if feed.url == feed_url:
-            return feed.tags[0].capitalize() if feed.tags else feed.display_name
+            return feed.tags[0].capitalize() if feed.tags else _shown(names[feed.url], SHOWN_NAME)
     return "Other"
 
 
-def _group_order(feeds: Sequence[FeedConfig]) -> dict[str, int]:
+def _group_order(feeds: Sequence[FeedConfig], names: dict[str, str]) -> dict[str, int]:
     order: dict[str, int] = {}
     for feed in feeds:
-        key = feed.tags[0].capitalize() if feed.tags else feed.display_name
+        key = feed.tags[0].capitalize() if feed.tags else _shown(names[feed.url], SHOWN_NAME)
         order.setdefault(key, len(order))
     return order
 

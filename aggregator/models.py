@@ -93,7 +93,7 @@ class NewArticle:
 class StoredArticle:
     id: int
     feed_url: str
-    feed_name: str
+    feed_name: str  # the feed's own title, "" until known (config.feed_label names the feed)
     url: str
     title: str
     author: str | None
@@ -125,6 +125,7 @@ class FeedStatus:
     gone: bool = False  # 410 Gone: no longer polled
     poll_interval: float | None = None  # seconds between polls, as last decided
     last_warning: str | None = None  # a malformed but readable feed says so here
+    title: str | None = None  # the feed's own title, once fetched
 
 
 @dataclass(frozen=True, slots=True)

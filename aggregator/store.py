@@ -686,6 +686,7 @@ class Store:
                     gone=bool(row and row.gone_at),
                     poll_interval=row.poll_interval if row else None,
                     last_warning=row.last_warning if row else None,
+                    title=row.title if row else None,
                 )
             )
         return result
@@ -1593,7 +1594,7 @@ def _to_stored(row: object) -> StoredArticle:
     return StoredArticle(
         id=article.id,
         feed_url=feed_url,
-        feed_name=feed_title or feed_url,
+        feed_name=feed_title or "",  # the feed's own title; config.feed_label names it
         url=article.url,
         title=article.title,
         author=article.author,
