@@ -88,6 +88,7 @@ class DigestItem:
     also_in: tuple[OtherCopy, ...]
     copy_ids: tuple[int, ...]  # the lead and every duplicate shown with it
     compact: bool = False  # shown as a title link only (the size budget ran out)
+    feed_url: str = ""  # the lead's feed: sources are counted by feed, not by name
     summary_source: tuple[str, str] = ("", "")  # (full text, feed summary) to summarise
 
 
@@ -120,7 +121,7 @@ class Digest:
 
     @property
     def source_count(self) -> int:
-        return len({i.source for g in self.groups for i in g.items})
+        return len({i.feed_url or i.source for g in self.groups for i in g.items})
 
     @property
     def reading_minutes(self) -> int:
@@ -321,6 +322,7 @@ def _item(
             OtherCopy(_shown(names[o.feed_url], SHOWN_NAME), safe_link(o.url) or "") for o in others
         ),
         copy_ids=(lead.id, *(o.id for o in others)),
+        feed_url=lead.feed_url,
     )
 
 
