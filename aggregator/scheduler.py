@@ -68,10 +68,15 @@ def missed_digest(
     zone: ZoneInfo,
     last_sent: datetime | None,
     weekday: int | None = None,
+    running_since: datetime | None = None,
 ) -> bool:
-    """Return True when the latest send time passed recently without a delivered digest."""
+    """Return True when the latest send time passed recently without the digest being handled
+    (sent, or found empty) at it, after the service first ran (``running_since``: a service
+    installed after the send time missed nothing; None when that is not known)."""
     slot = last_slot(now, send_at, zone, weekday)
     if now - slot > CATCH_UP:
+        return False
+    if running_since is None or running_since > slot:
         return False
     return last_sent is None or last_sent < slot
 
@@ -141,9 +146,12 @@ class Service:
         released = await asyncio.to_thread(store.release_claims, self._is_dead_owner)
         if released:
             log.info("released %d feeds claimed by a process that is gone", released)
+        running_since = await asyncio.to_thread(store.first_feed_added)
         for digest in settings.all_digests:
-            last_sent = await asyncio.to_thread(store.last_digest_sent, digest.name)
-            if missed_digest(self.clock(), digest.send_at, digest.zone, last_sent, digest.weekday):
+            handled = await asyncio.to_thread(store.last_digest_handled, digest.name)
+            if missed_digest(
+                self.clock(), digest.send_at, digest.zone, handled, digest.weekday, running_since
+            ):
                 log.info("sending the %s digest missed while the service was down", digest.name)
                 await self._digest_job(store, digest.name)
         scheduler = AsyncIOScheduler(timezone=UTC)
@@ -154,13 +162,22 @@ class Service:
             args=[store, pipeline],
             seconds=settings.service.check_every.total_seconds(),
             next_run_time=datetime.now(UTC),
-            max_instances=1,
+            # Two: while a pass runs, the next tick starts and returns at once (_refresh_job),
+            # where one instance made APScheduler warn "skipped" on every tick of a long pass.
+            max_instances=2,
             coalesce=True,
+            misfire_grace_time=None,  # late because the loop was busy is still on time
             id="refresh",
         )
         self._schedule_digests(scheduler, store)
         scheduler.add_job(
-            self._heartbeat, "interval", seconds=15, next_run_time=datetime.now(UTC), id="heartbeat"
+            self._heartbeat,
+            "interval",
+            seconds=15,
+            next_run_time=datetime.now(UTC),
+            misfire_grace_time=None,
+            coalesce=True,
+            id="heartbeat",
         )
         if store.shared:
             # Leases of feeds still being refreshed are renewed well before they end; a process
@@ -170,6 +187,8 @@ class Service:
                 "interval",
                 args=[store],
                 seconds=max(1.0, settings.service.lease.total_seconds() / 3),
+                misfire_grace_time=None,
+                coalesce=True,
                 id="renew-claims",
             )
         scheduler.add_job(
@@ -188,6 +207,7 @@ class Service:
                 seconds=RELOAD_EVERY,
                 max_instances=1,
                 coalesce=True,
+                misfire_grace_time=None,
                 id="reload",
             )
         loop = asyncio.get_running_loop()
@@ -225,6 +245,7 @@ class Service:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             await self._finish_in_flight()
+            await self._release_own_claims(store)
             with contextlib.suppress(OSError):
                 settings.service.heartbeat_file.unlink()
         log.info("service stopped")
@@ -241,8 +262,21 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    async def _release_own_claims(self, store: Store) -> None:
+        """Hand back the feeds this process claimed and did not finish (a refresh abandoned at
+        shutdown): another process, or the next start, polls them at once, instead of taking
+        them for a dead process's after the lease."""
+        try:
+            released = await asyncio.to_thread(store.release_claims, lambda owner: owner == self._owner)
+        except StorageError as exc:
+            log.warning("claims not released (they expire with their lease): %s", exc)
+            return
+        if released:
+            log.info("released %d feeds this process had claimed and not finished", released)
+
     async def _refresh_job(self, store: Store, pipeline: Pipeline) -> None:
-        if self._stopping.is_set():
+        # A pass longer than check_every is normal: the next tick finds it running and leaves.
+        if self._stopping.is_set() or (self._refreshing is not None and not self._refreshing.done()):
             return
         try:
             urls = [f.url for f in self.settings.feeds]
@@ -252,6 +286,10 @@ class Service:
         except StorageError as exc:
             log.error("refresh skipped: %s", exc)
             return
+        except asyncio.CancelledError:
+            if self._stopping.is_set():  # the scheduler's shutdown: the pass itself is finished
+                return  # by _finish_in_flight, which the shield kept it running for
+            raise
         if not outcomes:
             return
         failed = sum(1 for o in outcomes if not o.ok)
@@ -315,6 +353,11 @@ class Service:
             report = await asyncio.to_thread(
                 send_digest, store, self.settings, now, None, time_module.sleep, digest, slot
             )
+        except asyncio.CancelledError:
+            if self._stopping.is_set():  # the send goes on in its thread, which the exit waits for
+                log.info("digest %s: stopping while it is being sent", digest.name)
+                return
+            raise
         except DeliveryError as exc:
             metrics.count("aggregator_digest_deliveries_total", result="failed")
             if exc.temporary and self._scheduler is not None and not self._stopping.is_set():
@@ -342,6 +385,8 @@ class Service:
         )
         if report.digest is not None:
             log.info("digest delivered items=%d to=%s", report.digest.count, report.destination)
+        else:
+            await asyncio.to_thread(store.note_digest_checked, digest.name, now)
 
     def _schedule_digests(self, scheduler: AsyncIOScheduler, store: Store) -> None:
         """(Re)create one cron job per configured digest; drop jobs of removed digests."""

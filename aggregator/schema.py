@@ -179,7 +179,8 @@ class DigestRun(Base):
     digest_name: Mapped[str] = mapped_column(String(200))
     run_key: Mapped[str] = mapped_column(String(300), unique=True)
     message_id: Mapped[str] = mapped_column(String(300))
-    status: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
+    # pending | sent | failed | empty (its time came, nothing to send: no email, no items)
+    status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     item_count: Mapped[int] = mapped_column(Integer, default=0)

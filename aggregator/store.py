@@ -35,6 +35,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -212,13 +214,18 @@ class Store:
     # -- feeds -----------------------------------------------------------------------------
 
     def ensure_feeds(self, urls: Iterable[str], now: datetime) -> None:
-        """Create a row for each configured feed that has none; a new feed is due at once."""
+        """Create a row for each configured feed that has none; a new feed is due at once.
+
+        Idempotent when several processes add the same feeds at once (PostgreSQL shared by
+        `aggregator run` processes): a row another one inserted first is left as it is.
+        """
         wanted = list(dict.fromkeys(urls))
         with self._writing() as session:
-            present = set(session.scalars(select(Feed.url).where(Feed.url.in_(wanted))))
-            for url in wanted:
-                if url not in present:
-                    session.add(Feed(url=url, created_at=now, consecutive_failures=0))
+            for chunk in _chunks(wanted):
+                present = set(session.scalars(select(Feed.url).where(Feed.url.in_(chunk))))
+                missing = [url for url in chunk if url not in present]
+                if missing:
+                    _insert_feeds(session, missing, now)
 
     def feed_state(self, url: str) -> FeedState:
         return self.feed_states([url]).get(url) or FeedState(None, None, 0)
@@ -647,9 +654,8 @@ class Store:
     def _feed_row(session: Session, url: str, now: datetime) -> Feed:
         feed = session.scalar(select(Feed).where(Feed.url == url))
         if feed is None:
-            feed = Feed(url=url, created_at=now, consecutive_failures=0)
-            session.add(feed)
-            session.flush()
+            _insert_feeds(session, [url], now)
+            feed = session.scalars(select(Feed).where(Feed.url == url)).one()
         return feed
 
     def feed_statuses(self, feeds: Sequence[tuple[str, str]]) -> list[FeedStatus]:
@@ -903,6 +909,36 @@ class Store:
             if run is not None:
                 run.status, run.error = "failed", _message(error)
 
+    def note_digest_checked(self, digest_name: str, now: datetime) -> None:
+        """Record that this digest's scheduled time came and found nothing to send (a run with
+        status "empty" and no items): a restart then knows the time was not missed."""
+        with self._writing() as session:
+            session.add(
+                DigestRun(
+                    digest_name=digest_name,
+                    run_key=f"{digest_name}:checked:{now.isoformat()}:{os.getpid()}"[:300],
+                    message_id="",
+                    status="empty",
+                    created_at=now,
+                    sent_at=now,
+                    item_count=0,
+                )
+            )
+
+    def last_digest_handled(self, digest_name: str) -> datetime | None:
+        """When this digest last went out, or last found nothing to send at its time."""
+        with self._session() as session:
+            return session.scalar(
+                select(func.max(DigestRun.sent_at)).where(
+                    DigestRun.digest_name == digest_name, DigestRun.status.in_(("sent", "empty"))
+                )
+            )
+
+    def first_feed_added(self) -> datetime | None:
+        """When the service first knew a feed: nothing can have been missed before that."""
+        with self._session() as session:
+            return session.scalar(select(func.min(Feed.created_at)))
+
     def last_digest_sent(self, digest_name: str) -> datetime | None:
         with self._session() as session:
             return session.scalar(
@@ -910,6 +946,17 @@ class Store:
                     DigestRun.digest_name == digest_name, DigestRun.status == "sent"
                 )
             )
+
+
+def _insert_feeds(session: Session, urls: Sequence[str], now: datetime) -> None:
+    """Insert feed rows, skipping any URL another process inserted meanwhile (ON CONFLICT DO
+    NOTHING: without it the slower process failed its whole refresh round on uq_feeds_url)."""
+    insert_for = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(
+        insert_for(Feed)
+        .values([{"url": url, "created_at": now, "consecutive_failures": 0} for url in urls])
+        .on_conflict_do_nothing(index_elements=["url"])
+    )
 
 
 def _message(text: str) -> str:

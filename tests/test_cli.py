@@ -213,6 +213,11 @@ def test_run_sends_a_digest_missed_while_it_was_down(
         service={"check_every": "1s"},
     )
     assert main(["fetch", "--config", str(config)]) == 0
+    # The service has known its feeds since yesterday: it was down at today's send time.
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "aggregator.db") as connection:
+        connection.execute("UPDATE feeds SET created_at = datetime('now', '-1 day')")
     for _ in range(2):  # a restart must not send it again
         service = start_service(config)
         assert wait_for(lambda: (tmp_path / "hb").exists(), 20)

@@ -30,11 +30,19 @@ def test_last_slot(now: datetime, expected: datetime) -> None:
 def test_missed_digest_is_caught_up_once_and_only_recently() -> None:
     slot = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
     at = time(7, 0)
-    assert missed_digest(slot + timedelta(hours=2), at, PARIS, last_sent=None)
-    assert missed_digest(slot + timedelta(hours=2), at, PARIS, slot - timedelta(days=1))
-    assert not missed_digest(slot + timedelta(hours=2), at, PARIS, slot + timedelta(minutes=1))
+    since = slot - timedelta(days=3)  # the service first ran then
+    assert missed_digest(slot + timedelta(hours=2), at, PARIS, None, running_since=since)
+    assert missed_digest(slot + timedelta(hours=2), at, PARIS, slot - timedelta(days=1), running_since=since)
+    assert not missed_digest(
+        slot + timedelta(hours=2), at, PARIS, slot + timedelta(minutes=1), running_since=since
+    )
     # back in the evening, or days later: sent once (only the latest slot counts)
-    assert missed_digest(slot + timedelta(hours=13), at, PARIS, last_sent=None)
+    assert missed_digest(slot + timedelta(hours=13), at, PARIS, None, running_since=since)
+    # a brand-new install missed nothing: it first ran after the send time, or never ran
+    assert not missed_digest(
+        slot + timedelta(hours=2), at, PARIS, None, running_since=slot + timedelta(hours=1)
+    )
+    assert not missed_digest(slot + timedelta(hours=2), at, PARIS, None, running_since=None)
 
 
 def test_retry_delay_backs_off_exponentially_with_a_cap() -> None:
@@ -55,10 +63,11 @@ def test_weekly_slot() -> None:
     early = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
     assert last_slot(early, time(7, 0), PARIS, friday) == datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
     # down at Friday's send time: caught up when back, the same morning or the next day
-    assert missed_digest(datetime(2026, 11, 27, 10, 0, tzinfo=UTC), time(7, 0), PARIS, None, friday)
-    assert missed_digest(now, time(7, 0), PARIS, None, friday)
+    since = now - timedelta(days=30)
+    assert missed_digest(datetime(2026, 11, 27, 10, 0, tzinfo=UTC), time(7, 0), PARIS, None, friday, since)
+    assert missed_digest(now, time(7, 0), PARIS, None, friday, since)
     # ...but only once: after it went out, nothing until the next Friday
-    assert not missed_digest(now, time(7, 0), PARIS, now - timedelta(hours=2), friday)
+    assert not missed_digest(now, time(7, 0), PARIS, now - timedelta(hours=2), friday, since)
 
 
 def test_claims_under_our_own_name_at_start_up_are_a_predecessors(sqlite_url: str) -> None:
