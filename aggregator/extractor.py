@@ -30,7 +30,7 @@ import lxml.html
 from lxml import etree
 
 from aggregator.models import ExtractedPage
-from aggregator.page_meta import page_metadata
+from aggregator.page_meta import page_metadata, restore_initials
 from aggregator.sanitize import clean_html, https_url, text_to_html
 from aggregator.words import find_words
 
@@ -156,7 +156,7 @@ def extract_page(
         text=text,
         html=_render_html(document, text, url, title),
         title=(title or "").strip() or None,
-        author=(metadata.author or "").strip() or None,
+        author=restore_initials((metadata.author or "").strip(), html) or None,
         published=_date(metadata.date),
         canonical_url=metadata.url or None,
         language=metadata.language or None,

@@ -69,6 +69,8 @@ def page_metadata(
     if find_dates:
         dates = set_date_params(True)
         dates["url"] = document.url
+        # The time of day and the zone too, where the page gives them ("22:04Z", not the day).
+        dates["outputformat"] = "%Y-%m-%dT%H:%M:%S%z"
         document.date = find_date(tree, **dates)
         document.filedate = dates.get("max_date")
     if not document.sitename:
@@ -100,6 +102,36 @@ def search_byline(tree: lxml.html.HtmlElement) -> str | None:
     subtree = prune_unwanted_nodes(deepcopy(tree), [_not_byline, AUTHOR_DISCARD_XPATHS[1]])
     author = _meta.extract_metainfo(subtree, list(BYLINE_SEARCHES), len_limit=120)
     return normalize_authors(None, author) if author else None
+
+
+def restore_initials(author: str | None, page: str | bytes) -> str | None:
+    """Return ``author`` with the dots trafilatura's normalisation took from initials and
+    abbreviations ("J Smith" for "J. Smith", "Dr Anna Weiss"), as ``page`` (its HTML) writes the
+    name; unchanged when the page does not hold it so."""
+    if not author:
+        return author
+    names = []
+    for name in author.split("; "):
+        tokens = name.split()
+        if not any(len(token) <= 3 for token in tokens):
+            names.append(name)
+            continue
+        # A dot may follow a short token (an initial, "Dr", "Jr"), never a long one.
+        pattern = (
+            "".join(
+                re.escape(token)
+                + (r"\.?" if len(token) <= 3 else "")
+                + (r"\s*" if len(token) <= 3 else r"\s+")
+                for token in tokens[:-1]
+            )
+            + re.escape(tokens[-1])
+            + (r"\.?" if len(tokens[-1]) <= 3 else "")
+        )
+        if isinstance(page, bytes):  # decoded only for a name that may have lost a dot
+            page = page.decode("utf-8", "replace")
+        found = re.search(rf"(?<![\w.]){pattern}(?!\w)", page)
+        names.append(" ".join(found.group().split()) if found else name)
+    return "; ".join(names)
 
 
 # The SHA-256 of the whitespace-normalised sources of trafilatura's AUTHOR_XPATHS and of the first
