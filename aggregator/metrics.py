@@ -1,13 +1,25 @@
-"""The service's counters, exposed at /metrics in Prometheus' text format. In-process only:
-each `aggregator run` process counts its own work (Prometheus sums them)."""
+"""The service's counters, exposed at /metrics by prometheus_client (its exposition format, exact
+values, and the process's own CPU, memory and file-descriptor metrics). In-process only: each
+`aggregator run` process counts its own work (Prometheus sums them)."""
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
-_lock = threading.Lock()
-_counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+__all__ = ["CONTENT_TYPE", "HELP", "count", "render", "snapshot"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# A `_created` series beside each counter doubles the output for a timestamp nobody graphs.
+disable_created_metrics()
 
 HELP = {
     "aggregator_fetches_total": "Feed polls by outcome (ok, not_modified, or the error kind).",
@@ -20,35 +32,44 @@ HELP = {
     ),
     "aggregator_digest_deliveries_total": "Digest deliveries by result (sent, empty, failed).",
 }
+_LABELS = {
+    "aggregator_fetches_total": ("outcome",),
+    "aggregator_extractions_total": ("result",),
+    "aggregator_digest_deliveries_total": ("result",),
+}
+
+_registry = CollectorRegistry()
+ProcessCollector(registry=_registry)
+PlatformCollector(registry=_registry)
+_counters = {
+    name: Counter(name.removesuffix("_total"), text, _LABELS.get(name, ()), registry=_registry)
+    for name, text in HELP.items()
+}
+_gauges: dict[str, Gauge] = {}
 
 
 def count(name: str, value: float = 1, **labels: str) -> None:
-    """Add ``value`` to the counter ``name`` with ``labels``."""
-    with _lock:
-        _counters[(name, tuple(sorted(labels.items())))] += value
+    """Add ``value`` to the counter ``name`` (one of HELP) with ``labels``."""
+    counter = _counters[name]
+    (counter.labels(**labels) if labels else counter).inc(value)
 
 
 def snapshot() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with _lock:
-        return dict(_counters)
+    """Every counter's value, by (name, sorted labels)."""
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for counter in _counters.values():
+        for family in counter.collect():
+            for sample in family.samples:
+                values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
 
 
 def render(gauges: dict[str, tuple[str, float]]) -> str:
-    """Return every counter, and ``gauges`` ({name: (help, value)}), as Prometheus text."""
-    lines: list[str] = []
-    by_name: dict[str, list[tuple[tuple[tuple[str, str], ...], float]]] = {}
-    for (name, labels), value in sorted(snapshot().items()):
-        by_name.setdefault(name, []).append((labels, value))
-    for name, series in by_name.items():
-        lines.append(f"# HELP {name} {HELP.get(name, name)}")
-        lines.append(f"# TYPE {name} counter")
-        for labels, value in series:
-            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
+    """Return every counter, the process's metrics, and ``gauges`` ({name: (help, value)}), in
+    Prometheus' text format."""
     for name, (help_text, value) in gauges.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
-    return "\n".join(lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        gauge = _gauges.get(name)
+        if gauge is None:
+            gauge = _gauges[name] = Gauge(name, help_text, registry=_registry)
+        gauge.set(value)
+    return generate_latest(_registry).decode("utf-8")

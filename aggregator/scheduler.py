@@ -439,7 +439,7 @@ class Service:
                 last.timestamp() if last else 0.0,
             ),
         }
-        return 200, "text/plain; version=0.0.4", metrics.render(gauges)
+        return 200, metrics.CONTENT_TYPE, metrics.render(gauges)
 
     async def _retention_job(self, store: Store) -> None:
         before = self.clock() - timedelta(days=self.settings.retention_days)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +14,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from aggregator.cli import build_parser, entry, main
+from aggregator.config import load_settings
+from aggregator.store import Store
 
 from .conftest import SHARED, ConfigWriter, free_port, serve, wait_for
 
@@ -321,12 +324,24 @@ def test_run_serves_healthz_and_metrics(
 
     # Both feeds' outcomes, in whichever order they finish: the broken feed fails at once, the
     # good one is parsed and stored first.
-    first_pass = ('aggregator_fetches_total{outcome="http"} 1', 'aggregator_fetches_total{outcome="ok"} 1')
+    first_pass = (
+        'aggregator_fetches_total{outcome="http"} 1.0',
+        'aggregator_fetches_total{outcome="ok"} 1.0',
+    )
     assert wait_for(lambda: all(line in metrics_text() for line in first_pass), 30)
     text = metrics_text()
-    assert 'aggregator_fetches_total{outcome="ok"} 1' in text
-    assert "aggregator_articles_stored_total 2" in text
-    assert "aggregator_feeds_in_error 1" in text
+    assert 'aggregator_fetches_total{outcome="ok"} 1.0' in text
+    assert "aggregator_articles_stored_total 2.0" in text
+    assert "aggregator_feeds_in_error 1.0" in text
+    assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text
+    # Exact, not "1.79669e+09": the stored time of the last success to the microsecond.
+    (stamp,) = re.findall(r"^aggregator_last_successful_fetch_timestamp_seconds (\S+)$", text, re.M)
+    store = Store.open(load_settings(config, environ={}).database_url)
+    try:
+        _, last = store.health([feed_url])
+    finally:
+        store.close()
+    assert last is not None and abs(float(stamp) - last.timestamp()) < 1e-5, (stamp, last)
     health = httpx.get(f"{base}/healthz", timeout=2)
     assert health.status_code == 200
     body = health.json()
