@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import select
 import socket
 import ssl
@@ -22,6 +21,8 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
+# Re-exported: the policy was defined here before it had its own module.
+from aggregator.addresses import is_public_address as is_public_address
 from aggregator.config import FetchSettings
 from aggregator.errors import BlockedAddressError, FetchError
 from aggregator.models import FetchResult
@@ -45,14 +46,6 @@ async def system_resolver(host: str, port: int) -> list[str]:
     """Return the addresses ``host`` resolves to, through the operating system."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def is_public_address(address: str) -> bool:
-    """Return True for a globally routable unicast address (IPv4-mapped IPv6 is unwrapped)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
