@@ -24,6 +24,7 @@ import httpx
 # Re-exported: the policy was defined here before it had its own module.
 from aggregator.addresses import is_public_address as is_public_address
 from aggregator.config import FetchSettings
+from aggregator.credentials import Credentials
 from aggregator.errors import BlockedAddressError, FetchError
 from aggregator.models import FetchResult
 
@@ -300,8 +301,13 @@ class Fetcher:
         etag: str | None = None,
         last_modified: str | None = None,
         accept: str = FEED_ACCEPT,
+        credentials: Credentials | None = None,
     ) -> FetchResult:
-        """Return the response to a GET of ``url`` (200 or 304); raise FetchError otherwise."""
+        """Return the response to a GET of ``url`` (200 or 304); raise FetchError otherwise.
+
+        ``credentials`` go with the requests to their origin only, and no more once a
+        redirect has left it.
+        """
         headers = {"Accept": accept}
         # Validators are the server's own words: one httpx cannot send (not ASCII, a control
         # character) is left out rather than failing every later poll.
@@ -310,19 +316,29 @@ class Fetcher:
         if last_modified and _sendable(last_modified):
             headers["If-Modified-Since"] = last_modified
         try:
-            return await self._follow(url, headers)
+            return await self._follow(url, headers, credentials)
         except TimeoutError:
             raise FetchError("timeout", f"no complete answer within {self._total:g}s") from None
         except httpx.HTTPError as exc:
             raise _classify(exc) from None
 
-    async def _follow(self, url: str, headers: dict[str, str]) -> FetchResult:
+    async def _follow(
+        self, url: str, headers: dict[str, str], credentials: Credentials | None
+    ) -> FetchResult:
         current = url
         permanent = True  # every hop so far was 301/308
         deadline: float | None = None
         loop = asyncio.get_running_loop()
+        secrets = dict(credentials.headers) if credentials else {}
+        origin = _origin(_parse_url(credentials.origin_url, None)) if credentials else None
         for _ in range(self.settings.max_redirects + 1):
             target = _parse_url(current, url if current != url else None)
+            hop_headers = headers
+            if origin is not None:
+                if _may_carry(origin, target):
+                    hop_headers = {**headers, **secrets}
+                else:
+                    origin = None  # left the feed's origin: no secrets from here on, even back on it
             # Waiting for a slot is not the server's fault: the total timeout starts when the
             # first request does. The host slot is taken first so that requests queued for one
             # busy host do not hold global slots that other hosts could use.
@@ -330,7 +346,7 @@ class Fetcher:
                 if deadline is None:
                     deadline = loop.time() + self._total
                 async with asyncio.timeout_at(deadline):
-                    result = await self._hop(url, current, target, headers, permanent)
+                    result = await self._hop(url, current, target, hop_headers, permanent)
             if isinstance(result, FetchResult):
                 return result
             permanent, current = result
@@ -493,6 +509,17 @@ def _shorten(text: str) -> str:
 def _sendable(value: str) -> bool:
     """Whether httpx can send ``value`` as a header: printable ASCII."""
     return value.isascii() and value.isprintable()
+
+
+def _origin(url: httpx.URL) -> tuple[str, bytes, int | None]:
+    return url.scheme, url.raw_host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _may_carry(origin: tuple[str, bytes, int | None], target: httpx.URL) -> bool:
+    """Whether a request to ``target`` may carry the credentials of ``origin``: the same
+    origin, or its https upgrade on the default ports (httpx's rule for ``Authorization``)."""
+    there = _origin(target)
+    return there == origin or (origin == ("http", there[1], 80) and there == ("https", there[1], 443))
 
 
 def _classify(exc: httpx.HTTPError) -> FetchError:

@@ -180,14 +180,14 @@ def test_address_policy(address: str, public: bool) -> None:
 
 def test_every_denied_range_has_a_case_above() -> None:
     """The table above covers each range of the policy (and stays so as ranges are added)."""
-    cases = []
+    cases: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     for address, _ in DENIED:
-        with_zone = address.split("%", 1)[0]
         try:
-            cases.append(ipaddress.ip_address(with_zone))
+            cases.append(ipaddress.ip_address(address.split("%", 1)[0]))
         except ValueError:
             continue
-    for network, why in (*DENIED_IPV4, *DENIED_IPV6):
+    ranges: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = [*DENIED_IPV4, *DENIED_IPV6]
+    for network, why in ranges:
         assert any(case.version == network.version and case in network for case in cases), (network, why)
 
 

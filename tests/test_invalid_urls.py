@@ -24,7 +24,7 @@ from pytest_httpserver import HTTPServer
 from aggregator.cli import main
 from aggregator.config import FetchSettings, load_settings
 from aggregator.errors import FetchError
-from aggregator.fetcher import Fetcher
+from aggregator.fetcher import Fetcher, Resolver
 from aggregator.models import FetchResult
 
 from .conftest import ConfigWriter, refresh, stored_articles
@@ -33,7 +33,7 @@ from .socket_audit import connections
 SETTINGS = FetchSettings(allow_private_networks=True, timeout="5s", max_redirects=2)
 
 
-def loopback_only(port: int):  # type: ignore[no-untyped-def]
+def loopback_only(port: int) -> Resolver:
     """A resolver: every name (and IP literal) on ``port`` is 127.0.0.1; nothing else resolves."""
 
     async def resolve(host: str, asked_port: int) -> list[str]:
