@@ -31,13 +31,16 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from aggregator import __version__
 from aggregator.controls import clean_text, shorten
+from aggregator.credentials import Credentials, basic_authorization
 from aggregator.errors import ConfigError
 from aggregator.links import redact_url
 
@@ -325,6 +328,105 @@ class ServiceSettings(_Section):
         return value
 
 
+# Request headers a feed may not set: they frame the request or belong to the connection.
+_RESERVED_HEADERS = frozenset(
+    ("host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer")
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # an RFC 9110 token
+_AUTHORITY = re.compile(r"^[a-z]+://([^/?#]*)", re.IGNORECASE)
+
+
+def _read_secret(keys: tuple[str, str], env: str | None, file: Path | None, info: ValidationInfo) -> str:
+    """Return the secret named by ``env`` or ``file`` (exactly one; ``keys``: their names in the
+    YAML), from the environment in the validation context or the process's. Errors never show it."""
+    env_key, file_key = keys
+    if (env is None) == (file is None):
+        raise ValueError(f"give exactly one of {env_key} and {file_key}")
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ValueError(f"{file_key}: cannot read {file}: {reason}") from None
+    environ = (info.context or {}).get("environ")
+    value = (os.environ if environ is None else environ).get(env or "")
+    if not value:
+        raise ValueError(f"{env_key}: the environment variable {env} is not set or empty")
+    return value
+
+
+class FeedAuth(_Section):
+    """HTTP basic authentication for one feed: the password from the environment or a file."""
+
+    username: str
+    password_env: str | None = None
+    password_file: Path | None = None
+    _password: SecretStr = PrivateAttr(default=SecretStr(""))
+
+    @field_validator("username")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if ":" in value or not value.isprintable():
+            raise ValueError("a username has no ':' and no control characters")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> FeedAuth:
+        self._password = SecretStr(
+            _read_secret(("password_env", "password_file"), self.password_env, self.password_file, info)
+        )
+        return self
+
+    @property
+    def authorization(self) -> str:
+        return basic_authorization(self.username, self._password.get_secret_value())
+
+
+def _header_source(value: Any) -> Any:
+    # A plain value as written; YAML reads `X-Version: 2` as a number.
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return {"value": str(value)}
+    return value
+
+
+class HeaderSource(_Section):
+    """One header value of a feed: as written (not secret), or from ``env`` or ``file``."""
+
+    value: str | None = Field(None, repr=False)
+    env: str | None = None
+    file: Path | None = None
+    _resolved: SecretStr = PrivateAttr(default=SecretStr(""))
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> HeaderSource:
+        if self.value is not None:
+            if self.env is not None or self.file is not None:
+                raise ValueError("give a plain value, or one of env and file")
+            resolved = self.value
+        else:
+            resolved = _read_secret(("env", "file"), self.env, self.file, info).strip()
+        # h11 refuses the rest, and httpx encodes header values as ASCII.
+        if (
+            not resolved
+            or not resolved.isascii()
+            or not resolved.isprintable()
+            or resolved != resolved.strip()
+        ):
+            where = "the value" if self.value is not None else f"the value from {self.env or self.file}"
+            raise ValueError(
+                f"{where} is empty or has characters a header cannot carry (printable ASCII only)"
+            )
+        self._resolved = SecretStr(resolved)
+        return self
+
+    @property
+    def resolved(self) -> str:
+        return self._resolved.get_secret_value()
+
+
+HeaderValue = Annotated[HeaderSource, BeforeValidator(_header_source)]
+
+
 class FeedConfig(_Section):
     """One entry of feeds.yaml."""
 
@@ -335,6 +437,43 @@ class FeedConfig(_Section):
     full_text: bool | None = None
     # A CSS selector naming the article body on this site, for pages the extractor gets wrong.
     selector: str | None = None
+    # Secrets sent with the feed's own requests (not its article pages), to its origin only.
+    auth: FeedAuth | None = None
+    headers: dict[str, HeaderValue] = Field(default_factory=dict)
+    _credentials: Credentials | None = PrivateAttr(default=None)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, HeaderSource]) -> dict[str, HeaderSource]:
+        seen: set[str] = set()
+        for name in value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a header name")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"{name} cannot be set for a feed")
+            if name.lower() in seen:
+                raise ValueError(f"{name} is given twice")
+            seen.add(name.lower())
+        return value
+
+    @model_validator(mode="after")
+    def _bind_credentials(self) -> FeedConfig:
+        headers = [(name, source.resolved) for name, source in self.headers.items()]
+        if self.auth is not None:
+            if any(name.lower() == "authorization" for name, _ in headers):
+                raise ValueError("give auth or an Authorization header, not both")
+            authority = _AUTHORITY.match(self.url)
+            if authority and "@" in authority.group(1):
+                raise ValueError("give auth or a user:password@ in the url, not both")
+            headers.append(("Authorization", self.auth.authorization))
+        if headers:
+            self._credentials = Credentials(self.url, tuple(headers))
+        return self
+
+    @property
+    def credentials(self) -> Credentials | None:
+        """The headers the feed's own requests carry to its origin (None: no secrets)."""
+        return self._credentials
 
     @field_validator("selector")
     @classmethod
@@ -499,7 +638,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     if not feeds_path.is_absolute():
         feeds_path = base_dir / feeds_path
     if feeds_path.exists():
-        feeds = load_feeds(feeds_path)
+        feeds = load_feeds(feeds_path, environ)
     elif config_path.exists() or "feeds_file" in raw:
         raise ConfigError(f"{config_path}: feeds_file: {feeds_path} does not exist")
     else:
@@ -509,13 +648,14 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
     return settings
 
 
-def load_feeds(path: Path) -> tuple[FeedConfig, ...]:
-    """Return the feeds listed in a feeds.yaml; raise ConfigError naming the entry and key."""
+def load_feeds(path: Path, environ: Mapping[str, str] | None = None) -> tuple[FeedConfig, ...]:
+    """Return the feeds listed in a feeds.yaml, their secrets read from ``environ`` (default:
+    the process's) or their files; raise ConfigError naming the entry and key."""
     raw = _read_yaml(path)
     if isinstance(raw, dict) and raw.get("feeds") is None:
         raw = {**raw, "feeds": []}
     try:
-        return tuple(FeedsFile.model_validate(raw).feeds)
+        return tuple(FeedsFile.model_validate(raw, context={"environ": environ}).feeds)
     except ValidationError as exc:
         raise ConfigError(_describe(path, exc, raw)) from None
 

@@ -74,6 +74,7 @@ FETCH_ERROR_KINDS = (
     "too_large",
     "too_many_redirects",
     "blocked",
+    "invalid_url",
     "not_a_feed",
     "parse",
 )

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpcore
 import httpx
 
+# Re-exported: the policy was defined here before it had its own module.
+from aggregator.addresses import is_public_address as is_public_address
 from aggregator.config import FetchSettings
+from aggregator.credentials import Credentials
 from aggregator.errors import BlockedAddressError, FetchError
 from aggregator.models import FetchResult
 
@@ -45,14 +47,6 @@ async def system_resolver(host: str, port: int) -> list[str]:
     """Return the addresses ``host`` resolves to, through the operating system."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def is_public_address(address: str) -> bool:
-    """Return True for a globally routable unicast address (IPv4-mapped IPv6 is unwrapped)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):
@@ -257,7 +251,7 @@ class Fetcher:
         self._busy = [0] * len(self._clients)  # requests in flight per pool
         self._total = timeout
         self._global = asyncio.Semaphore(settings.concurrency)
-        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._hosts: dict[bytes, asyncio.Semaphore] = {}  # by the host as sent (IDNA-encoded)
 
     async def __aenter__(self) -> Fetcher:
         return self
@@ -307,37 +301,52 @@ class Fetcher:
         etag: str | None = None,
         last_modified: str | None = None,
         accept: str = FEED_ACCEPT,
+        credentials: Credentials | None = None,
     ) -> FetchResult:
-        """Return the response to a GET of ``url`` (200 or 304); raise FetchError otherwise."""
+        """Return the response to a GET of ``url`` (200 or 304); raise FetchError otherwise.
+
+        ``credentials`` go with the requests to their origin only, and no more once a
+        redirect has left it.
+        """
         headers = {"Accept": accept}
-        if etag:
+        # Validators are the server's own words: one httpx cannot send (not ASCII, a control
+        # character) is left out rather than failing every later poll.
+        if etag and _sendable(etag):
             headers["If-None-Match"] = etag
-        if last_modified:
+        if last_modified and _sendable(last_modified):
             headers["If-Modified-Since"] = last_modified
         try:
-            return await self._follow(url, headers)
+            return await self._follow(url, headers, credentials)
         except TimeoutError:
             raise FetchError("timeout", f"no complete answer within {self._total:g}s") from None
         except httpx.HTTPError as exc:
             raise _classify(exc) from None
 
-    async def _follow(self, url: str, headers: dict[str, str]) -> FetchResult:
+    async def _follow(
+        self, url: str, headers: dict[str, str], credentials: Credentials | None
+    ) -> FetchResult:
         current = url
         permanent = True  # every hop so far was 301/308
         deadline: float | None = None
         loop = asyncio.get_running_loop()
+        secrets = dict(credentials.headers) if credentials else {}
+        origin = _origin(_parse_url(credentials.origin_url, None)) if credentials else None
         for _ in range(self.settings.max_redirects + 1):
-            parts = urlsplit(current)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise BlockedAddressError(f"refusing to fetch {current!r}: only http(s) URLs")
+            target = _parse_url(current, url if current != url else None)
+            hop_headers = headers
+            if origin is not None:
+                if _may_carry(origin, target):
+                    hop_headers = {**headers, **secrets}
+                else:
+                    origin = None  # left the feed's origin: no secrets from here on, even back on it
             # Waiting for a slot is not the server's fault: the total timeout starts when the
             # first request does. The host slot is taken first so that requests queued for one
             # busy host do not hold global slots that other hosts could use.
-            async with self._host_slot(parts.hostname), self._global:
+            async with self._host_slot(target.raw_host), self._global:
                 if deadline is None:
                     deadline = loop.time() + self._total
                 async with asyncio.timeout_at(deadline):
-                    result = await self._hop(url, current, headers, permanent)
+                    result = await self._hop(url, current, target, hop_headers, permanent)
             if isinstance(result, FetchResult):
                 return result
             permanent, current = result
@@ -346,52 +355,82 @@ class Fetcher:
         )
 
     async def _hop(
-        self, url: str, current: str, headers: dict[str, str], permanent: bool
+        self, url: str, current: str, target: httpx.URL, headers: dict[str, str], permanent: bool
     ) -> FetchResult | tuple[bool, str]:
         """Do one request: the final result, or (still permanent, next URL) for a redirect."""
         shard = self._least_busy()
         self._busy[shard] += 1
         try:
-            return await self._request(self._clients[shard], url, current, headers, permanent)
+            return await self._request(self._clients[shard], url, current, target, headers, permanent)
         finally:
             self._busy[shard] -= 1
 
     async def _request(
-        self, client: httpx.AsyncClient, url: str, current: str, headers: dict[str, str], permanent: bool
+        self,
+        client: httpx.AsyncClient,
+        url: str,
+        current: str,
+        target: httpx.URL,
+        headers: dict[str, str],
+        permanent: bool,
     ) -> FetchResult | tuple[bool, str]:
-        async with client.stream("GET", current, headers=headers) as response:
-            location = response.headers.get("location")
-            if response.status_code in _REDIRECTS and location:
-                await self._drain(response)
-                still_permanent = permanent and response.status_code in (301, 308)
-                return still_permanent, urljoin(current, location.strip())
-            if response.status_code >= 400:
-                await self._drain(response)
-                raise FetchError(
-                    "http",
-                    f"HTTP {response.status_code} {response.reason_phrase}".strip(),
-                    status=response.status_code,
-                    retry_after=response.headers.get("retry-after"),
-                )
-            if response.status_code == 304:
-                await self._drain(response)
-                body = b""
-            else:
-                body = await self._read(response)
-            return FetchResult(
-                url=url,
-                final_url=current,
-                status=response.status_code,
-                body=body,
-                content_type=response.headers.get("content-type", ""),
-                etag=response.headers.get("etag"),
-                last_modified=response.headers.get("last-modified"),
-                fetched_at=datetime.now(UTC),
-                cache_control=response.headers.get("cache-control"),
-                permanent_redirect=current if permanent and current != url else None,
-            )
+        # httpx reads the Location of any redirect, followed or not: one it cannot parse is a
+        # protocol error (its InvalidURL the context), one it cannot join or decode is raised
+        # as is (InvalidURL, IDNAError).
+        try:
+            response = await client.send(client.build_request("GET", target, headers=headers), stream=True)
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            raise _invalid_location(current, exc) from None
+        except httpx.RemoteProtocolError as exc:
+            if isinstance(exc.__context__, httpx.InvalidURL):
+                raise _invalid_location(current, exc.__context__) from None
+            raise
+        try:
+            return await self._answer(response, url, current, permanent)
+        finally:
+            await response.aclose()
 
-    def _host_slot(self, host: str) -> asyncio.Semaphore:
+    async def _answer(
+        self, response: httpx.Response, url: str, current: str, permanent: bool
+    ) -> FetchResult | tuple[bool, str]:
+        location = response.headers.get("location")
+        if response.status_code in _REDIRECTS and location:
+            await self._drain(response)
+            still_permanent = permanent and response.status_code in (301, 308)
+            try:
+                following = urljoin(current, location.strip())
+            except ValueError as exc:
+                raise _invalid(location, current, str(exc)) from None
+            return still_permanent, following
+        if response.status_code >= 400:
+            await self._drain(response)
+            raise FetchError(
+                "http",
+                f"HTTP {response.status_code} {response.reason_phrase}".strip(),
+                status=response.status_code,
+                retry_after=response.headers.get("retry-after"),
+            )
+        if response.status_code == 304:
+            await self._drain(response)
+            body = b""
+        else:
+            body = await self._read(response)
+        etag = response.headers.get("etag")
+        last_modified = response.headers.get("last-modified")
+        return FetchResult(
+            url=url,
+            final_url=current,
+            status=response.status_code,
+            body=body,
+            content_type=response.headers.get("content-type", ""),
+            etag=etag if etag and _sendable(etag) else None,
+            last_modified=last_modified if last_modified and _sendable(last_modified) else None,
+            fetched_at=datetime.now(UTC),
+            cache_control=response.headers.get("cache-control"),
+            permanent_redirect=current if permanent and current != url else None,
+        )
+
+    def _host_slot(self, host: bytes) -> asyncio.Semaphore:
         slot = self._hosts.get(host)
         if slot is None:
             slot = self._hosts[host] = asyncio.Semaphore(self.settings.per_host)
@@ -423,6 +462,64 @@ class Fetcher:
                 raise FetchError("too_large", f"body exceeds max_bytes {limit}")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+_URL_SHOWN = 200  # characters of a refused URL quoted in its error (it is stored on the feed)
+
+
+def _parse_url(text: str, redirected_from: str | None) -> httpx.URL:
+    """Return ``text`` as the absolute http(s) URL httpx will request; FetchError otherwise.
+
+    httpx and urllib refuse URLs with ValueError, UnicodeError or httpx.InvalidURL (a bad IPv6
+    or octal IPv4 literal, a port out of range, a host IDNA cannot encode, control characters,
+    more than 64 KiB); all of them become an ``invalid_url`` error here.
+    """
+    try:
+        parsed = httpx.URL(text)
+        parsed.host  # noqa: B018 -- decodes an xn-- host, as httpx does later (IDNAError)
+    except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError is a ValueError
+        raise _invalid(text, redirected_from, str(exc)) from None
+    if parsed.scheme not in ("http", "https"):
+        if not parsed.scheme:
+            raise _invalid(text, redirected_from, "no http:// or https://")
+        raise BlockedAddressError(f"refusing to fetch {_shorten(text)!r}: only http(s) URLs")
+    if not parsed.raw_host:
+        raise _invalid(text, redirected_from, "no host")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise _invalid(text, redirected_from, f"port {parsed.port} is out of range")
+    return parsed
+
+
+def _invalid(text: str, redirected_from: str | None, reason: str) -> FetchError:
+    where = f" (a redirect from {_shorten(redirected_from)})" if redirected_from else ""
+    return FetchError("invalid_url", f"not a valid URL: {_shorten(text)!r}{where}: {_shorten(reason)}")
+
+
+def _invalid_location(current: str, exc: Exception) -> FetchError:
+    return FetchError(
+        "invalid_url",
+        f"not a valid URL in the Location of a redirect from {_shorten(current)}: {_shorten(str(exc))}",
+    )
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _URL_SHOWN else text[:_URL_SHOWN] + "…"
+
+
+def _sendable(value: str) -> bool:
+    """Whether httpx can send ``value`` as a header: printable ASCII."""
+    return value.isascii() and value.isprintable()
+
+
+def _origin(url: httpx.URL) -> tuple[str, bytes, int | None]:
+    return url.scheme, url.raw_host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _may_carry(origin: tuple[str, bytes, int | None], target: httpx.URL) -> bool:
+    """Whether a request to ``target`` may carry the credentials of ``origin``: the same
+    origin, or its https upgrade on the default ports (httpx's rule for ``Authorization``)."""
+    there = _origin(target)
+    return there == origin or (origin == ("http", there[1], 80) and there == ("https", there[1], 443))
 
 
 def _classify(exc: httpx.HTTPError) -> FetchError:

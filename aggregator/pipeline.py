@@ -177,7 +177,10 @@ class Pipeline:
     ) -> RefreshOutcome | tuple[FetchResult, Ingested]:
         """Fetch the feed and hand it to a worker: the outcome of a 304, or what was ingested."""
         result = await self.fetcher.fetch(
-            state.fetch_url or feed.url, etag=state.etag, last_modified=state.last_modified
+            state.fetch_url or feed.url,
+            etag=state.etag,
+            last_modified=state.last_modified,
+            credentials=feed.credentials,
         )
         location = _follow_moves(state, result)
         if result.not_modified:
@@ -192,7 +195,7 @@ class Pipeline:
             links = find_feed_links(result.body, result.final_url)
             if not links:
                 raise FetchError("not_a_feed", "an HTML page that advertises no feed") from None
-            result = await self.fetcher.fetch(links[0])
+            result = await self.fetcher.fetch(links[0], credentials=feed.credentials)
             location = FeedLocation(links[0], "discovered", None, 0)
             ingested = await self._in_worker(ingest, self._job(feed, result, now, location))
             log.info("discovered feed=%s at=%s", feed.url, links[0])

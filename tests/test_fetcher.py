@@ -336,3 +336,17 @@ def test_the_first_request_imports_nothing(httpserver: HTTPServer) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_validators_httpx_cannot_send_are_neither_kept_nor_sent(httpserver: HTTPServer) -> None:
+    # A validator that is not printable ASCII would make every later poll fail in httpx
+    # (UnicodeEncodeError, or h11's "Illegal header value").
+    httpserver.expect_request("/feed").respond_with_data(
+        "<rss/>", headers={"ETag": '"caf\xe9"', "Last-Modified": "Mon, 14 Aug 2017 10:00:00 GMT"}
+    )
+    first = fetch(LOOPBACK_OK, httpserver.url_for("/feed"))
+    assert first.etag is None and first.last_modified == "Mon, 14 Aug 2017 10:00:00 GMT"
+    again = fetch(LOOPBACK_OK, httpserver.url_for("/feed"), etag='"caf\xe9"', last_modified="Mon,\n 14 Aug")
+    assert again.status == 200
+    sent = httpserver.log[-1][0].headers
+    assert "If-None-Match" not in sent and "If-Modified-Since" not in sent
