@@ -20,7 +20,7 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import chain
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -40,11 +40,23 @@ if TYPE_CHECKING:
 MIN_WORDS_FOR_TEXT_MATCH = 50
 
 
+# How long before we first saw an entry its feed's date is still believed for the lead: an honest
+# original reaches us at most a poll interval late (fetch.max_interval: 24 h by default), with a
+# day's margin for a slow feed; a date older than that is a claim only the feed makes.
+BACKDATE_TRUST = timedelta(days=2)
+
+
 def lead_order(published: datetime | None, first_seen: datetime, article_id: int) -> tuple[datetime, int]:
     """Sort key of a story's copies, first the one that represents it: the earliest published
     (usually the original publisher's, whichever feed was stored first), then the earliest
-    stored. The store's ``duplicate_of`` and the digest's lead both follow it."""
-    return (published or first_seen, article_id)
+    stored. The store's ``duplicate_of`` and the digest's lead both follow it.
+
+    A publication date more than BACKDATE_TRUST before the copy was first seen counts as the
+    time first seen: a feed that backdates a copy (to 1990, say) cannot displace a story we
+    already hold."""
+    if published is None or published < first_seen - BACKDATE_TRUST:
+        return (first_seen, article_id)
+    return (published, article_id)
 
 
 # A refresh asks for the same URL's canonical form several times (entry identity, link key, article

@@ -6,12 +6,16 @@ import re
 import subprocess
 import sys
 import unicodedata
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from aggregator.dedup import (
     _PLAIN_URL,
+    BACKDATE_TRUST,
     BANDS,
     MIN_WORDS_FOR_TEXT_MATCH,
     PERMUTATIONS,
@@ -22,6 +26,7 @@ from aggregator.dedup import (
     entry_key,
     is_near_duplicate,
     jaccard,
+    lead_order,
     minhash,
     normalise_words,
     repeated_guids,
@@ -298,3 +303,61 @@ def test_profiles_of_a_batch_are_those_of_each_text() -> None:
             assert profile.band_keys == alone.band_keys
             grams = text_shingles(text)
             assert grams is not None and profile.band_keys == band_keys(minhash(grams))
+
+
+# -- a backdated copy does not take the lead (lead_order) -----------------------------------------
+
+SEEN = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("published", "ordered_by"),
+    [
+        (None, SEEN),
+        (SEEN - timedelta(hours=5), SEEN - timedelta(hours=5)),  # an original polled late
+        (SEEN - timedelta(hours=30), SEEN - timedelta(hours=30)),  # a feed polled once a day
+        (SEEN - BACKDATE_TRUST, SEEN - BACKDATE_TRUST),
+        (SEEN - BACKDATE_TRUST - timedelta(seconds=1), SEEN),
+        (datetime(1990, 1, 1, tzinfo=UTC), SEEN),
+        (SEEN + timedelta(minutes=10), SEEN + timedelta(minutes=10)),
+    ],
+)
+def test_a_date_far_before_the_entry_was_first_seen_orders_it_by_that_sighting(
+    published: datetime | None, ordered_by: datetime
+) -> None:
+    assert lead_order(published, SEEN, 7) == (ordered_by, 7)
+
+
+moments = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    held_published=st.none() | moments,
+    held_seen=moments,
+    copy_published=moments,
+    later=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=3650)),
+)
+def test_a_backdated_copy_never_displaces_a_story_held_before_it(
+    held_published: datetime | None, held_seen: datetime, copy_published: datetime, later: timedelta
+) -> None:
+    # Whatever a later copy claims beyond BACKDATE_TRUST before it was seen, the story held
+    # (dated no later than first seen: sane_dates clamps future dates) keeps the lead.
+    copy_seen = held_seen + later
+    assume(copy_published < copy_seen - BACKDATE_TRUST)
+    assume(held_published is None or held_published <= held_seen)
+    assert lead_order(held_published, held_seen, 1) < lead_order(copy_published, copy_seen, 2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    original=moments,
+    lag=st.timedeltas(min_value=timedelta(0), max_value=BACKDATE_TRUST),
+    head_start=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=30)),
+)
+def test_an_original_seen_late_but_published_first_takes_the_lead(
+    original: datetime, lag: timedelta, head_start: timedelta
+) -> None:
+    # The copy was published after the original and seen before it (its feed polled first).
+    copy_published = original + head_start
+    assert lead_order(original, original + lag, 2) < lead_order(copy_published, copy_published, 1)
