@@ -420,3 +420,87 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
 def is_near_duplicate(a: frozenset[str], b: frozenset[str]) -> bool:
     """Return whether two texts' shingle sets (``text_shingles``) tell one story."""
     return containment(a, b) >= MIN_CONTAINMENT
+
+
+# -- template text of one site -------------------------------------------------------------------
+#
+# Two texts of one site (or one feed) share its template: the header, the footer, the newsletter
+# box, the disclaimer. A short story with a long footer shares most of its shingles with any other
+# story of the site, so what the two share at their start and at their end is not evidence there:
+# it is stripped, and they are one story only if what remains of each is too short to be a story
+# of its own (one text is the other with a word changed or a paragraph added) or still nearly
+# the same. Not applied across sites: two outlets retelling one wire story share its whole body
+# at their end, under leads of their own, and must stay one story.
+
+# A remainder this long is a story of its own (a one-sentence brief); shorter, it is an edit.
+MIN_STORY_WORDS = 10
+# A run shared by both texts goes on past a change of at most this many words on each side (a
+# date, a number or a link's slug in a footer) when at least SHINGLE_WORDS shared words follow.
+TEMPLATE_GAP_WORDS = 3
+# The gaps tried, the smallest first: (words skipped in the first text, in the second).
+_GAPS = sorted(
+    ((x, y) for x in range(TEMPLATE_GAP_WORDS + 1) for y in range(TEMPLATE_GAP_WORDS + 1) if x or y),
+    key=lambda gap: (gap[0] + gap[1], gap),
+)
+
+
+def site_of(url: str) -> str:
+    """Return the host of ``url``, lower case and without a leading "www." ('' if it has none)."""
+    try:
+        host = urlsplit(url.strip()).hostname or ""
+    except ValueError:  # a malformed netloc ("http://[x"): no site
+        return ""
+    return host.removeprefix("www.")
+
+
+def shared_run(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[int, int]:
+    """Return how many words at the start of ``a`` and of ``b`` form the run both begin with,
+    going on past gaps of up to TEMPLATE_GAP_WORDS words followed by SHINGLE_WORDS shared ones.
+    O(len) word comparisons: each gap is paid for by the shared words after it."""
+    i = j = 0
+    while True:
+        while i < len(a) and j < len(b) and a[i] == b[j]:
+            i += 1
+            j += 1
+        for skip_a, skip_b in _GAPS:
+            x, y = i + skip_a, j + skip_b
+            resumed = a[x : x + SHINGLE_WORDS]
+            if len(resumed) == SHINGLE_WORDS and resumed == b[y : y + SHINGLE_WORDS]:
+                i, j = x, y
+                break
+        else:
+            return i, j
+
+
+def strip_template(a: Sequence[str], b: Sequence[str]) -> tuple[Sequence[str], Sequence[str]]:
+    """Return the words of ``a`` and of ``b`` left once the runs they share at their start and
+    at their end (``shared_run``) are taken off: each text's own part."""
+    a, b = tuple(a), tuple(b)  # a list's slice never equals a tuple's
+    head_a, head_b = shared_run(a, b)
+    rest_a, rest_b = a[head_a:], b[head_b:]
+    tail_a, tail_b = shared_run(rest_a[::-1], rest_b[::-1])
+    return rest_a[: len(rest_a) - tail_a], rest_b[: len(rest_b) - tail_b]
+
+
+def tells_one_story(
+    a_words: Sequence[str],
+    a_shingles: frozenset[str],
+    b_words: Sequence[str],
+    b_shingles: frozenset[str],
+    *,
+    same_site: bool,
+) -> bool:
+    """Return whether two texts (their normalised words and shingles) tell one story:
+    ``is_near_duplicate``; and for two texts of one site or feed (``same_site``), still so once
+    their shared template is taken off (``strip_template``): not when each keeps a story of its
+    own (MIN_STORY_WORDS or more) that the other does not nearly tell."""
+    if not is_near_duplicate(a_shingles, b_shingles):
+        return False
+    if not same_site:
+        return True
+    own_a, own_b = strip_template(a_words, b_words)
+    if min(len(own_a), len(own_b)) < MIN_STORY_WORDS:  # one is the other, edited or added to
+        return True
+    if len(own_a) == len(a_words) and len(own_b) == len(b_words):  # no template: decided above
+        return True
+    return is_near_duplicate(shingles(own_a), shingles(own_b))
