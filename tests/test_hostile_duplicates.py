@@ -182,6 +182,20 @@ def test_two_stories_under_one_footer_stay_two_stories(
     assert [a.duplicate_of for a in stored.values()] == [None, None]
 
 
+def test_two_stories_under_one_footer_in_two_feeds_of_the_site_stay_two_stories(
+    farm: FeedFarm, write_config: ConfigWriter, database_url: str
+) -> None:
+    # The site's news and business feeds; its links with and without "www.".
+    (news_title, news), (business_title, business) = STORIES.values()
+    feeds = {"Gazette news": farm.serve("news", [item("n1", news_title, f"{GAZETTE}/news/1", news, T0)])}
+    refresh_at(settings_for(write_config, database_url, feeds), T0)
+    link = "https://harbourgazette.test/business/1"
+    feeds["Gazette business"] = farm.serve("business", [item("b1", business_title, link, business, T0)])
+    settings = settings_for(write_config, database_url, feeds)
+    refresh_at(settings, T0 + timedelta(hours=1))
+    assert [a.duplicate_of for a in by_link(settings).values()] == [None, None]
+
+
 def test_a_correction_of_the_sites_own_story_is_still_that_story(
     farm: FeedFarm, write_config: ConfigWriter, database_url: str
 ) -> None:
