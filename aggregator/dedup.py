@@ -44,19 +44,31 @@ MIN_WORDS_FOR_TEXT_MATCH = 50
 # original reaches us at most a poll interval late (fetch.max_interval: 24 h by default), with a
 # day's margin for a slow feed; a date older than that is a claim only the feed makes.
 BACKDATE_TRUST = timedelta(days=2)
+# Copies first seen this soon after a story's first copy came in with it (one pass over feeds
+# added together, their backlogs old): those with unbelieved dates are ordered by them among
+# themselves, and after every copy with a believed one.
+SEEN_TOGETHER = timedelta(hours=1)
+
+LeadKey = tuple[datetime, int, datetime, int]
 
 
-def lead_order(published: datetime | None, first_seen: datetime, article_id: int) -> tuple[datetime, int]:
+def lead_order(
+    published: datetime | None, first_seen: datetime, article_id: int, story_seen: datetime
+) -> LeadKey:
     """Sort key of a story's copies, first the one that represents it: the earliest published
     (usually the original publisher's, whichever feed was stored first), then the earliest
-    stored. The store's ``duplicate_of`` and the digest's lead both follow it.
+    stored. The store's ``duplicate_of`` and the digest's lead both follow it. ``story_seen``
+    is the earliest ``first_seen`` of the story's copies.
 
-    A publication date more than BACKDATE_TRUST before the copy was first seen counts as the
-    time first seen: a feed that backdates a copy (to 1990, say) cannot displace a story we
-    already hold."""
-    if published is None or published < first_seen - BACKDATE_TRUST:
-        return (first_seen, article_id)
-    return (published, article_id)
+    A copy's date is believed from BACKDATE_TRUST before we first saw it to that sighting. A date
+    further back counts as the story's first sighting for a copy seen with the story's first
+    (SEEN_TOGETHER), else as the copy's own: a copy backdated to 1990 cannot displace a story we
+    already hold, and the old backlogs of feeds added together keep their publishers' order."""
+    claimed = published or first_seen
+    if claimed >= first_seen - BACKDATE_TRUST:
+        return (min(claimed, first_seen), 0, claimed, article_id)
+    counted = story_seen if first_seen - story_seen <= SEEN_TOGETHER else first_seen
+    return (counted, 1, claimed, article_id)
 
 
 # A refresh asks for the same URL's canonical form several times (entry identity, link key, article

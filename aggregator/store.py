@@ -43,6 +43,7 @@ from sqlalchemy.sql.expression import Executable
 from aggregator.database import create_db_engine, migrate
 from aggregator.dedup import (
     MIN_WORDS_FOR_TEXT_MATCH,
+    LeadKey,
     TextProfile,
     lead_order,
     normalise_words,
@@ -1242,7 +1243,7 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
         Article.feed_id == feed_id, Article.first_seen == now, Article.duplicate_of.is_not(None)
     )
     roots = sorted(set(connection.scalars(joined)))
-    members: dict[int, list[tuple[tuple[datetime, int], int]]] = {}
+    stories: dict[int, list[tuple[datetime | None, datetime, int]]] = {}
     for chunk in _chunks(roots):
         rows = connection.execute(
             select(Article.id, Article.duplicate_of, Article.published, Article.first_seen).where(
@@ -1250,9 +1251,11 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
             )
         )
         for article_id, duplicate_of, published, first_seen in rows:
-            members.setdefault(duplicate_of or article_id, []).append(
-                (lead_order(published, first_seen, article_id), article_id)
-            )
+            stories.setdefault(duplicate_of or article_id, []).append((published, first_seen, article_id))
+    members: dict[int, list[tuple[LeadKey, int]]] = {}
+    for root, copies in stories.items():
+        seen = min(first_seen for _, first_seen, _ in copies)
+        members[root] = [(lead_order(*copy, seen), copy[2]) for copy in copies]
     moves = {root: min(copies)[1] for root, copies in members.items() if min(copies)[1] != root}
     if not moves:
         return

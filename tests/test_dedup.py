@@ -21,6 +21,7 @@ from aggregator.dedup import (
     MIN_STORY_WORDS,
     MIN_WORDS_FOR_TEXT_MATCH,
     PERMUTATIONS,
+    SEEN_TOGETHER,
     TEMPLATE_GAP_WORDS,
     _cleaned_url,
     band_keys,
@@ -318,7 +319,7 @@ SEEN = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
-    ("published", "ordered_by"),
+    ("published", "counted"),
     [
         (None, SEEN),
         (SEEN - timedelta(hours=5), SEEN - timedelta(hours=5)),  # an original polled late
@@ -326,34 +327,50 @@ SEEN = datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
         (SEEN - BACKDATE_TRUST, SEEN - BACKDATE_TRUST),
         (SEEN - BACKDATE_TRUST - timedelta(seconds=1), SEEN),
         (datetime(1990, 1, 1, tzinfo=UTC), SEEN),
-        (SEEN + timedelta(minutes=10), SEEN + timedelta(minutes=10)),
+        (SEEN + timedelta(minutes=10), SEEN),  # not published after we saw it
     ],
 )
-def test_a_date_far_before_the_entry_was_first_seen_orders_it_by_that_sighting(
-    published: datetime | None, ordered_by: datetime
+def test_a_date_far_before_the_entry_was_first_seen_counts_as_that_sighting(
+    published: datetime | None, counted: datetime
 ) -> None:
-    assert lead_order(published, SEEN, 7) == (ordered_by, 7)
+    assert lead_order(published, SEEN, 7, SEEN)[0] == counted
+
+
+def lead(*copies: tuple[datetime | None, datetime]) -> int:
+    """The position of the copy (published, first seen) that leads, ids in the order given."""
+    seen = min(first_seen for _, first_seen in copies)
+    return min(range(len(copies)), key=lambda n: lead_order(*copies[n], n, seen))
+
+
+def test_copies_seen_together_with_old_dates_keep_their_publishers_order() -> None:
+    # Two feeds added today carry one story of 2017: the earlier published leads, whichever
+    # feed answered first; a copy with a believed date still comes first.
+    wire, gazette = datetime(2017, 8, 15, 11, tzinfo=UTC), datetime(2017, 8, 15, 9, 30, tzinfo=UTC)
+    assert lead((wire, SEEN), (gazette, SEEN + timedelta(seconds=3))) == 1
+    assert lead((gazette, SEEN), (wire, SEEN + timedelta(seconds=3))) == 0
+    assert lead((wire, SEEN), (SEEN - timedelta(hours=1), SEEN + timedelta(seconds=3))) == 1
+    # Seen later than SEEN_TOGETHER after the story: counted as seen, whatever it claims.
+    later = SEEN + SEEN_TOGETHER + timedelta(seconds=1)
+    assert lead((wire, SEEN), (datetime(1990, 1, 1, tzinfo=UTC), later)) == 0
 
 
 moments = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
+delays = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=3650))
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    held_published=st.none() | moments,
-    held_seen=moments,
-    copy_published=moments,
-    later=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=3650)),
-)
+@given(held_published=st.none() | moments, held_seen=moments, copy_published=moments, later=delays)
 def test_a_backdated_copy_never_displaces_a_story_held_before_it(
     held_published: datetime | None, held_seen: datetime, copy_published: datetime, later: timedelta
 ) -> None:
-    # Whatever a later copy claims beyond BACKDATE_TRUST before it was seen, the story held
-    # (dated no later than first seen: sane_dates clamps future dates) keeps the lead.
+    # Whatever date a later copy claims beyond BACKDATE_TRUST before it was seen, the story's
+    # first copy keeps the lead: always when its own date is believed, and when it is not, unless
+    # the two came in together (then their dates order them).
     copy_seen = held_seen + later
     assume(copy_published < copy_seen - BACKDATE_TRUST)
-    assume(held_published is None or held_published <= held_seen)
-    assert lead_order(held_published, held_seen, 1) < lead_order(copy_published, copy_seen, 2)
+    held_believed = held_published is None or held_published >= held_seen - BACKDATE_TRUST
+    assume(held_believed or later > SEEN_TOGETHER)
+    assert lead((held_published, held_seen), (copy_published, copy_seen)) == 0
 
 
 @settings(max_examples=300, deadline=None)
@@ -361,13 +378,16 @@ def test_a_backdated_copy_never_displaces_a_story_held_before_it(
     original=moments,
     lag=st.timedeltas(min_value=timedelta(0), max_value=BACKDATE_TRUST),
     head_start=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=30)),
+    copy_lag=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=30)),
 )
 def test_an_original_seen_late_but_published_first_takes_the_lead(
-    original: datetime, lag: timedelta, head_start: timedelta
+    original: datetime, lag: timedelta, head_start: timedelta, copy_lag: timedelta
 ) -> None:
-    # The copy was published after the original and seen before it (its feed polled first).
+    # The copy was published after the original, and seen before it (its feed polled first) or
+    # after it; the original reaches us at most BACKDATE_TRUST after its publication.
     copy_published = original + head_start
-    assert lead_order(original, original + lag, 2) < lead_order(copy_published, copy_published, 1)
+    copy = (copy_published, copy_published + copy_lag)
+    assert lead(copy, (original, original + lag)) == 1
 
 
 # -- one site's template is not evidence (tells_one_story) ----------------------------------------

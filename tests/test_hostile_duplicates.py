@@ -297,3 +297,29 @@ def test_an_original_polled_late_still_leads_the_story(
     config = tmp_path / "config" / "aggregator.yaml"
     assert digest_headlines(config, tmp_path, capsys) == [(f"{ORIGINAL}/fire", TITLE)]
     assert also_in(tmp_path) == [f"{COPIES}/c-1"]
+
+
+def test_old_backlogs_of_feeds_added_together_keep_their_publishers_order(
+    farm: FeedFarm, write_config: ConfigWriter, database_url: str
+) -> None:
+    # Two feeds subscribed today both carry a story of 2017: neither date is believed, yet the
+    # copies came in together (within SEEN_TOGETHER), so the earlier published leads even though
+    # the other feed answered first.
+    retold = item(
+        "c-1",
+        "Fire: hundreds flee",
+        f"{COPIES}/c-1",
+        doc("fire-herald"),
+        datetime(2017, 8, 15, 11, tzinfo=UTC),
+    )
+    feeds = {"Copies": farm.serve("copies", [retold])}
+    refresh_at(settings_for(write_config, database_url, feeds), T0)
+    original = item(
+        "fire-1", TITLE, f"{ORIGINAL}/fire", doc("fire-wire"), datetime(2017, 8, 15, 9, 30, tzinfo=UTC)
+    )
+    feeds["Original News"] = farm.serve("original", [original])
+    settings = settings_for(write_config, database_url, feeds)
+    refresh_at(settings, T0 + timedelta(minutes=10))
+    stored = by_link(settings)
+    lead, copy = stored[f"{ORIGINAL}/fire"], stored[f"{COPIES}/c-1"]
+    assert lead.duplicate_of is None and copy.duplicate_of == lead.id
