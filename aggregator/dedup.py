@@ -20,7 +20,7 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import chain
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -40,11 +40,35 @@ if TYPE_CHECKING:
 MIN_WORDS_FOR_TEXT_MATCH = 50
 
 
-def lead_order(published: datetime | None, first_seen: datetime, article_id: int) -> tuple[datetime, int]:
+# How long before we first saw an entry its feed's date is still believed for the lead: an honest
+# original reaches us at most a poll interval late (fetch.max_interval: 24 h by default), with a
+# day's margin for a slow feed; a date older than that is a claim only the feed makes.
+BACKDATE_TRUST = timedelta(days=2)
+# Copies first seen this soon after a story's first copy came in with it (one pass over feeds
+# added together, their backlogs old): those with unbelieved dates are ordered by them among
+# themselves, and after every copy with a believed one.
+SEEN_TOGETHER = timedelta(hours=1)
+
+LeadKey = tuple[datetime, int, datetime, int]
+
+
+def lead_order(
+    published: datetime | None, first_seen: datetime, article_id: int, story_seen: datetime
+) -> LeadKey:
     """Sort key of a story's copies, first the one that represents it: the earliest published
     (usually the original publisher's, whichever feed was stored first), then the earliest
-    stored. The store's ``duplicate_of`` and the digest's lead both follow it."""
-    return (published or first_seen, article_id)
+    stored. The store's ``duplicate_of`` and the digest's lead both follow it. ``story_seen``
+    is the earliest ``first_seen`` of the story's copies.
+
+    A copy's date is believed from BACKDATE_TRUST before we first saw it to that sighting. A date
+    further back counts as the story's first sighting for a copy seen with the story's first
+    (SEEN_TOGETHER), else as the copy's own: a copy backdated to 1990 cannot displace a story we
+    already hold, and the old backlogs of feeds added together keep their publishers' order."""
+    claimed = published or first_seen
+    if claimed >= first_seen - BACKDATE_TRUST:
+        return (min(claimed, first_seen), 0, claimed, article_id)
+    counted = story_seen if first_seen - story_seen <= SEEN_TOGETHER else first_seen
+    return (counted, 1, claimed, article_id)
 
 
 # A refresh asks for the same URL's canonical form several times (entry identity, link key, article
@@ -414,3 +438,87 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
 def is_near_duplicate(a: frozenset[str], b: frozenset[str]) -> bool:
     """Return whether two texts' shingle sets (``text_shingles``) tell one story."""
     return containment(a, b) >= MIN_CONTAINMENT
+
+
+# -- template text of one site -------------------------------------------------------------------
+#
+# Two texts of one site (or one feed) share its template: the header, the footer, the newsletter
+# box, the disclaimer. A short story with a long footer shares most of its shingles with any other
+# story of the site, so what the two share at their start and at their end is not evidence there:
+# it is stripped, and they are one story only if what remains of each is too short to be a story
+# of its own (one text is the other with a word changed or a paragraph added) or still nearly
+# the same. Not applied across sites: two outlets retelling one wire story share its whole body
+# at their end, under leads of their own, and must stay one story.
+
+# A remainder this long is a story of its own (a one-sentence brief); shorter, it is an edit.
+MIN_STORY_WORDS = 10
+# A run shared by both texts goes on past a change of at most this many words on each side (a
+# date, a number or a link's slug in a footer) when at least SHINGLE_WORDS shared words follow.
+TEMPLATE_GAP_WORDS = 3
+# The gaps tried, the smallest first: (words skipped in the first text, in the second).
+_GAPS = sorted(
+    ((x, y) for x in range(TEMPLATE_GAP_WORDS + 1) for y in range(TEMPLATE_GAP_WORDS + 1) if x or y),
+    key=lambda gap: (gap[0] + gap[1], gap),
+)
+
+
+def site_of(url: str) -> str:
+    """Return the host of ``url``, lower case and without a leading "www." ('' if it has none)."""
+    try:
+        host = urlsplit(url.strip()).hostname or ""
+    except ValueError:  # a malformed netloc ("http://[x"): no site
+        return ""
+    return host.removeprefix("www.")
+
+
+def shared_run(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[int, int]:
+    """Return how many words at the start of ``a`` and of ``b`` form the run both begin with,
+    going on past gaps of up to TEMPLATE_GAP_WORDS words followed by SHINGLE_WORDS shared ones.
+    O(len) word comparisons: each gap is paid for by the shared words after it."""
+    i = j = 0
+    while True:
+        while i < len(a) and j < len(b) and a[i] == b[j]:
+            i += 1
+            j += 1
+        for skip_a, skip_b in _GAPS:
+            x, y = i + skip_a, j + skip_b
+            resumed = a[x : x + SHINGLE_WORDS]
+            if len(resumed) == SHINGLE_WORDS and resumed == b[y : y + SHINGLE_WORDS]:
+                i, j = x, y
+                break
+        else:
+            return i, j
+
+
+def strip_template(a: Sequence[str], b: Sequence[str]) -> tuple[Sequence[str], Sequence[str]]:
+    """Return the words of ``a`` and of ``b`` left once the runs they share at their start and
+    at their end (``shared_run``) are taken off: each text's own part."""
+    a, b = tuple(a), tuple(b)  # a list's slice never equals a tuple's
+    head_a, head_b = shared_run(a, b)
+    rest_a, rest_b = a[head_a:], b[head_b:]
+    tail_a, tail_b = shared_run(rest_a[::-1], rest_b[::-1])
+    return rest_a[: len(rest_a) - tail_a], rest_b[: len(rest_b) - tail_b]
+
+
+def tells_one_story(
+    a_words: Sequence[str],
+    a_shingles: frozenset[str],
+    b_words: Sequence[str],
+    b_shingles: frozenset[str],
+    *,
+    same_site: bool,
+) -> bool:
+    """Return whether two texts (their normalised words and shingles) tell one story:
+    ``is_near_duplicate``; and for two texts of one site or feed (``same_site``), still so once
+    their shared template is taken off (``strip_template``): not when each keeps a story of its
+    own (MIN_STORY_WORDS or more) that the other does not nearly tell."""
+    if not is_near_duplicate(a_shingles, b_shingles):
+        return False
+    if not same_site:
+        return True
+    own_a, own_b = strip_template(a_words, b_words)
+    if min(len(own_a), len(own_b)) < MIN_STORY_WORDS:  # one is the other, edited or added to
+        return True
+    if len(own_a) == len(a_words) and len(own_b) == len(b_words):  # no template: decided above
+        return True
+    return is_near_duplicate(shingles(own_a), shingles(own_b))

@@ -160,7 +160,8 @@ def build_digest(
     for copies in stories.values():
         # The story is led by its earliest published copy: the representative its copies'
         # duplicate_of points at, unless the story went out before that copy arrived.
-        lead = min(copies, key=lambda c: lead_order(c.published, c.first_seen, c.id))
+        seen = min(c.first_seen for c in copies)
+        lead = min(copies, key=lambda c: lead_order(c.published, c.first_seen, c.id, seen))
         others = [c for c in copies if c.id != lead.id]
         items.append((lead.feed_url, _item(lead, others, names, zone)))
     if not items and not settings.send_empty:

@@ -45,11 +45,15 @@ from sqlalchemy.sql.expression import Executable
 from aggregator.controls import clean_text
 from aggregator.database import create_db_engine, has_schema, migrate, redact
 from aggregator.dedup import (
+    MIN_WORDS_FOR_TEXT_MATCH,
+    LeadKey,
     TextProfile,
-    is_near_duplicate,
     lead_order,
+    normalise_words,
+    shingles,
+    site_of,
+    tells_one_story,
     text_profiles,
-    text_shingles,
     url_key,
 )
 from aggregator.errors import StorageError
@@ -462,7 +466,8 @@ class Store:
         unmatched = [
             profile if rep is None else None for (_, profile), rep in zip(batch, stored, strict=True)
         ]
-        near = _stored_near_duplicates(session, unmatched, self._recent, probe)
+        urls = [a.url for a, _ in batch]
+        near = _stored_near_duplicates(session, unmatched, self._recent, probe, feed_id, urls)
         # A copy within this batch points where the first copy it matches points: at a stored
         # article, or at an article of the batch (known once it has an id).
         first_by_url: dict[str, int] = {}
@@ -1142,11 +1147,16 @@ def _stored_near_duplicates(
     profiles: Sequence[TextProfile | None],
     recent: RecentIndex | None = None,
     probe: IndexProbe | None = None,
+    feed_id: int | None = None,
+    urls: Sequence[str] | None = None,
 ) -> list[int | None]:
     """Return, for each profile, the earliest representative among the stored articles whose
     text it nearly duplicates (None: none, or no profile); the band keys of the whole batch
     looked up in the index (``probe``, unless a merge came since) and among the recent articles
-    in memory, then one query for the candidates' texts."""
+    in memory, then one query for the candidates' texts.
+
+    A candidate of the same feed (``feed_id``) or site (that of ``urls``, each profile's article
+    URL) must tell the story beyond their shared template (``dedup.tells_one_story``)."""
     found: list[int | None] = [None] * len(profiles)
     if probe is not None and probe.wanted is not None and probe.profiled == _profiled(profiles):
         wanted = probe.wanted
@@ -1169,28 +1179,36 @@ def _stored_near_duplicates(
     if not hits:
         return found
     candidates = [_ranked(profile.band_keys, hits) if profile else [] for profile in profiles]
-    stored: dict[int, tuple[int, str]] = {}  # id -> (its representative, its text)
+    # id -> (its representative, its text, its feed, its URL)
+    stored: dict[int, tuple[int, str, int, str]] = {}
     ids = sorted({c for ranked in candidates for c in ranked})
     postgresql = connection.dialect.name == "postgresql"
-    for article_id, duplicate_of, body in connection.execute(
+    for article_id, duplicate_of, body, owner, url in connection.execute(
         _CANDIDATE_TEXTS[postgresql], {"ids": _one_value(ids, postgresql)}
     ):
-        stored[article_id] = (duplicate_of or article_id, body)
-    shingled: dict[int, frozenset[str] | None] = {}
+        stored[article_id] = (duplicate_of or article_id, body, owner, url)
+    shingled: dict[int, tuple[tuple[str, ...], frozenset[str]] | None] = {}
     for index, (profile, ranked) in enumerate(zip(profiles, candidates, strict=True)):
         best: int | None = None
+        site = site_of(urls[index]) if urls is not None and ranked else ""
         for candidate in ranked:
             if candidate not in stored or profile is None:
                 continue
-            root = stored[candidate][0]
+            root, body, owner, url = stored[candidate]
             # Copies of a story share its root: a candidate whose root cannot lower the one found
             # need not be verified (shingling a stored text is most of the lookup's CPU).
             if best is not None and root >= best:
                 continue
             if candidate not in shingled:
-                shingled[candidate] = text_shingles(stored[candidate][1])
+                words = normalise_words(body)
+                shingled[candidate] = (
+                    (words, shingles(words)) if len(words) >= MIN_WORDS_FOR_TEXT_MATCH else None
+                )
             theirs = shingled[candidate]
-            if theirs is not None and is_near_duplicate(profile.shingles, theirs):
+            if theirs is None:
+                continue
+            same_site = owner == feed_id or (bool(site) and site_of(url) == site)
+            if tells_one_story(profile.words, profile.shingles, *theirs, same_site=same_site):
                 best = root
         found[index] = best
     return found
@@ -1294,7 +1312,7 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
         Article.feed_id == feed_id, Article.first_seen == now, Article.duplicate_of.is_not(None)
     )
     roots = sorted(set(connection.scalars(joined)))
-    members: dict[int, list[tuple[tuple[datetime, int], int]]] = {}
+    stories: dict[int, list[tuple[datetime | None, datetime, int]]] = {}
     for chunk in _chunks(roots):
         rows = connection.execute(
             select(Article.id, Article.duplicate_of, Article.published, Article.first_seen).where(
@@ -1302,9 +1320,11 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
             )
         )
         for article_id, duplicate_of, published, first_seen in rows:
-            members.setdefault(duplicate_of or article_id, []).append(
-                (lead_order(published, first_seen, article_id), article_id)
-            )
+            stories.setdefault(duplicate_of or article_id, []).append((published, first_seen, article_id))
+    members: dict[int, list[tuple[LeadKey, int]]] = {}
+    for root, copies in stories.items():
+        seen = min(first_seen for _, first_seen, _ in copies)
+        members[root] = [(lead_order(*copy, seen), copy[2]) for copy in copies]
     moves = {root: min(copies)[1] for root, copies in members.items() if min(copies)[1] != root}
     if not moves:
         return
@@ -1359,12 +1379,15 @@ def _batch_near_duplicate(
     twins: dict[int, int],
 ) -> int | None:
     """Return the position of the earlier article of the batch whose text ``profile`` nearly
-    duplicates and whose story came first (a stored representative before a new one)."""
+    duplicates and whose story came first (a stored representative before a new one). The
+    batch is one feed's: the texts must tell the story beyond their shared template
+    (``dedup.tells_one_story``)."""
     if by_band.keys().isdisjoint(profile.band_keys):  # most articles: nothing to rank
         return None
     best: tuple[int, int, int] | None = None  # (stored? 0 : 1, id or root position, position)
     for position in _ranked(profile.band_keys, by_band):
-        if not is_near_duplicate(profile.shingles, banded[position].shingles):
+        other = banded[position]
+        if not tells_one_story(profile.words, profile.shingles, other.words, other.shingles, same_site=True):
             continue
         representative = representatives[position]
         root = twins.get(position, position)
@@ -1523,8 +1546,9 @@ def _recent_since(connection: Connection, seen: int) -> tuple[int | None, list[t
 _RECENT_KEPT = select(RecentBands.article_id, RecentBands.band_keys).join(
     Article, Article.id == RecentBands.article_id
 )
+# The feed and URL tell whether a candidate is of the new article's site (dedup.tells_one_story).
 _CANDIDATE_TEXTS = {
-    postgresql: select(Article.id, Article.duplicate_of, Article.text).where(
+    postgresql: select(Article.id, Article.duplicate_of, Article.text, Article.feed_id, Article.url).where(
         _in_one_value(Article.id, "ids", postgresql)
     )
     for postgresql in (False, True)

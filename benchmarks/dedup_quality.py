@@ -1,17 +1,22 @@
 """Near-duplicate detection quality on the labelled pairs of tests/data/dedup.
 
-    python -m benchmarks.dedup_quality [--data DIR] [--store] [--sweep] [--json]
+    python -m benchmarks.dedup_quality [--data DIR] [--store] [--same-site] [--sweep] [--json]
 
 Each line of ``DIR/pairs.jsonl`` names two texts of ``DIR/docs/`` and says whether they tell the
 same story (``duplicate``), which kind of case it is (``case``) and which part of the set it is in
-(``split``: ``dev``, on which the thresholds were tuned, or ``test``, held out).
+(``split``: ``dev``, on which the thresholds were tuned, or ``test``, held out); ``"site": "same"``
+marks two texts of one site (one feed), decided as the store decides those.
 
 A pair is predicted a duplicate the way the store decides it for an article arriving after the
 other: the same normalised text (layer 3), or both texts long enough, sharing a band key, and
-verified by ``dedup.is_near_duplicate`` (layer 4). URLs play no part: every pair has two URLs.
+verified by ``dedup.tells_one_story`` (layer 4). URLs play no part but for their site: every
+pair has two URLs, and two texts of one site share its template (header, footer), which is not
+taken for evidence there. ``--same-site`` decides every pair as two texts of one site (one feed,
+two polls): the figures show what the template rule would cost the other pairs.
 With ``--store`` the pairs go through the real ``Store`` instead (a fresh SQLite database per
-pair: the first text stored by one feed, the second by another, and the second's
-``duplicate_of`` read back), which checks the candidate query and the verification end to end.
+pair: the first text stored by one feed, the second by another, or by the same one for a pair of
+one site, and the second's ``duplicate_of`` read back), which checks the candidate query and the
+verification end to end.
 
 Precision = TP / (TP + FP) and recall = TP / (TP + FN), over the pairs of each split and all.
 ``--sweep`` shows the figures on the dev split for other values of ``MIN_CONTAINMENT``.
@@ -46,6 +51,7 @@ class Pair:
     duplicate: bool
     case: str
     split: str
+    same_site: bool = False
 
 
 def load(data_dir: Path = DEFAULT_DATA) -> tuple[dict[str, str], list[Pair]]:
@@ -57,26 +63,37 @@ def load(data_dir: Path = DEFAULT_DATA) -> tuple[dict[str, str], list[Pair]]:
     for line in (data_dir / "pairs.jsonl").read_text(encoding="utf-8").splitlines():
         if line.strip():
             item = json.loads(line)
-            pairs.append(Pair(item["a"], item["b"], bool(item["duplicate"]), item["case"], item["split"]))
+            same_site = item.get("site") == "same"
+            pairs.append(
+                Pair(item["a"], item["b"], bool(item["duplicate"]), item["case"], item["split"], same_site)
+            )
     missing = {name for pair in pairs for name in (pair.a, pair.b)} - texts.keys()
     if missing:
         raise FileNotFoundError(f"pairs name texts that {data_dir / 'docs'} lacks: {sorted(missing)}")
     return texts, pairs
 
 
-def predict(first: str, second: str, min_containment: float = dedup.MIN_CONTAINMENT) -> bool:
-    """Return whether the store would take ``second`` for a copy of ``first`` on their texts."""
+def predict(
+    first: str, second: str, min_containment: float = dedup.MIN_CONTAINMENT, *, same_site: bool = False
+) -> bool:
+    """Return whether the store would take ``second`` for a copy of ``first`` on their texts
+    (two texts of one site when ``same_site``)."""
     digest = dedup.text_hash(first)
     if digest is not None and digest == dedup.text_hash(second):
         return True
     a, b = dedup.text_profile(first), dedup.text_profile(second)
     if a is None or b is None or not set(a.band_keys) & set(b.band_keys):
         return False
-    return dedup.containment(a.shingles, b.shingles) >= min_containment
+    if dedup.containment(a.shingles, b.shingles) < min_containment:
+        return False
+    # Two texts of one site: the template rule too (which checks them at MIN_CONTAINMENT itself:
+    # a sweep below it leaves those pairs as they are at MIN_CONTAINMENT).
+    return not same_site or dedup.tells_one_story(a.words, a.shingles, b.words, b.shingles, same_site=True)
 
 
-def predict_with_store(texts: dict[str, str], pairs: list[Pair]) -> list[bool]:
-    """Return the store's decision for each pair (second text stored after the first)."""
+def predict_with_store(texts: dict[str, str], pairs: list[Pair], *, same_site: bool = False) -> list[bool]:
+    """Return the store's decision for each pair (second text stored after the first, by another
+    feed of another site, or by the same feed when the pair or ``same_site`` says so)."""
     from aggregator.models import NewArticle
     from aggregator.store import FetchRecord, Store
 
@@ -98,12 +115,13 @@ def predict_with_store(texts: dict[str, str], pairs: list[Pair]) -> list[bool]:
             store = Store.open(f"sqlite:///{path}")
             try:
                 store.store_refresh("https://a.example/feed", [article(pair.a, "a")], record)
-                store.store_refresh("https://b.example/feed", [article(pair.b, "b")], record)
+                second = "a" if same_site or pair.same_site else "b"
+                store.store_refresh(f"https://{second}.example/feed", [article(pair.b, second)], record)
                 by_url = {stored.url: stored for stored in store.list_articles()}
             finally:
                 store.close()
-            first, second = by_url[f"https://a.example/{pair.a}"], by_url[f"https://b.example/{pair.b}"]
-            decisions.append(second.duplicate_of == first.id)
+            first, later = by_url[f"https://a.example/{pair.a}"], by_url[f"https://{second}.example/{pair.b}"]
+            decisions.append(later.duplicate_of == first.id)
             path.unlink()
     return decisions
 
@@ -128,16 +146,19 @@ def figures(pairs: list[Pair], predicted: list[bool]) -> dict[str, Any]:
     }
 
 
-def evaluate(data_dir: Path = DEFAULT_DATA, *, store: bool = False, sweep: bool = False) -> dict[str, Any]:
+def evaluate(
+    data_dir: Path = DEFAULT_DATA, *, store: bool = False, sweep: bool = False, same_site: bool = False
+) -> dict[str, Any]:
     """Return the figures per split, per case, the wrong pairs, the cost per text and the sweep."""
     texts, pairs = load(data_dir)
     if store:
-        predicted = predict_with_store(texts, pairs)
+        predicted = predict_with_store(texts, pairs, same_site=same_site)
     else:
-        predicted = [predict(texts[p.a], texts[p.b]) for p in pairs]
+        predicted = [predict(texts[p.a], texts[p.b], same_site=same_site or p.same_site) for p in pairs]
     results: dict[str, Any] = {
         "data": str(data_dir),
         "method": "store" if store else "functions",
+        "same_site": same_site,
         "min_containment": dedup.MIN_CONTAINMENT,
         "parameters": {
             "shingle_words": dedup.SHINGLE_WORDS,
@@ -177,7 +198,10 @@ def evaluate(data_dir: Path = DEFAULT_DATA, *, store: bool = False, sweep: bool 
     if sweep:
         dev = [p for p in pairs if p.split == "dev"]
         results["sweep"] = {
-            f"{threshold:.2f}": figures(dev, [predict(texts[p.a], texts[p.b], threshold) for p in dev])
+            f"{threshold:.2f}": figures(
+                dev,
+                [predict(texts[p.a], texts[p.b], threshold, same_site=same_site or p.same_site) for p in dev],
+            )
             for threshold in [0.25 + 0.05 * step for step in range(12)]
         }
     return results
@@ -207,7 +231,8 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         f"Shingles of {p['shingle_words']} words, {p['permutations']} hash functions, "
         f"{p['bands']} bands × {p['rows']} rows, containment ≥ {results['min_containment']}, "
-        f"texts under {p['min_words']} words never matched; decided by the {results['method']}.",
+        f"texts under {p['min_words']} words never matched; decided by the {results['method']}"
+        f"{', every pair as two texts of one site' if results.get('same_site') else ''}.",
         "",
         "| split | pairs | duplicates | TP | FP | FN | precision | recall | F1 |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -255,11 +280,14 @@ def main(argv: list[str] | None = None) -> int:
         "--data", type=Path, default=DEFAULT_DATA, help=f"labelled set (default: {DEFAULT_DATA})"
     )
     parser.add_argument("--store", action="store_true", help="decide each pair with the real Store (SQLite)")
+    parser.add_argument(
+        "--same-site", action="store_true", help="both texts of each pair from one site (the template rule)"
+    )
     parser.add_argument("--sweep", action="store_true", help="figures on the dev split for other thresholds")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     try:
-        results = evaluate(args.data, store=args.store, sweep=args.sweep)
+        results = evaluate(args.data, store=args.store, sweep=args.sweep, same_site=args.same_site)
     except FileNotFoundError as exc:
         print(f"no labelled set at {args.data}: {exc}", file=sys.stderr)
         return 2
