@@ -14,6 +14,7 @@ from pathlib import Path
 from aggregator.config import DigestSettings, Settings, SmtpSettings
 from aggregator.digest import Digest, build_digest, compose
 from aggregator.errors import DeliveryError
+from aggregator.logs import fields
 from aggregator.mailer import send_smtp, write_outbox
 from aggregator.store import Store
 
@@ -66,7 +67,7 @@ def send_digest(
     config = digest or settings.all_digests[0]
     with store.digest_lock(config.name) as mine:
         if not mine:
-            log.info("digest=%s is being sent by another process", config.name)
+            log.info("digest being sent by another process", extra=fields(digest=config.name))
             return DeliveryReport(None, "")
         if slot is not None:
             # Checked under the lock: a process whose job fires after another's delivery
@@ -94,12 +95,15 @@ def _send_locked(
     if pending is not None and pending.articles:
         again = build_digest(pending.articles, set(), settings.feeds, config, pending.created_at)
         if again is not None:
-            log.info("digest=%s delivering the pending run %s first", config.name, pending.run_key)
+            log.info(
+                "delivering a digest run held back first",
+                extra=fields(digest=config.name, run=pending.run_key),
+            )
             delivered = replace(again, run_key=pending.run_key)
             delivered_to = _deliver(store, settings, delivered, config, now, sleep)
     built = prepare_digest(store, settings, now, since, config)
     if built is None:
-        log.info("digest=%s nothing new to send", config.name)
+        log.info("digest has nothing new to send", extra=fields(digest=config.name))
         return DeliveryReport(None, "", delivered, delivered_to)
     destination = _deliver(store, settings, built, config, now, sleep)
     return DeliveryReport(built, destination, delivered, delivered_to)
@@ -138,7 +142,7 @@ def _deliver(
             store.note_digest_error(run_id, str(exc))
         raise
     store.finish_digest_run(run_id, now)
-    log.info("digest=%s sent items=%d to=%s", built.name, built.count, destination)
+    log.info("digest sent", extra=fields(digest=built.name, stories=built.count, to=destination))
     return destination
 
 

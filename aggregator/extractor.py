@@ -29,6 +29,7 @@ from itertools import pairwise
 import lxml.html
 from lxml import etree
 
+from aggregator.logs import fields
 from aggregator.models import ExtractedPage
 from aggregator.page_meta import page_metadata, restore_initials
 from aggregator.sanitize import clean_html, https_url, text_to_html
@@ -142,7 +143,7 @@ def extract_page(
         _join_split_bodies(tree)
         precise, balanced = _passes(tree, url)
     except (ValueError, TypeError, etree.LxmlError) as exc:
-        log.info("extraction failed url=%s error=%s", url, exc)
+        log.info("extraction failed", extra=fields(url=url, error=str(exc)))
         return None
     document = _choose(precise, balanced)
     if document is None:
@@ -181,12 +182,12 @@ def load_html(html: str | bytes) -> lxml.html.HtmlElement | None:
     except ValueError:  # a str with an encoding declaration: lxml wants bytes
         as_bytes = True
     except etree.LxmlError as exc:
-        log.info("page not parsed error=%s", exc)
+        log.info("page not parsed", extra=fields(error=str(exc)))
     if as_bytes or tree is None or len(tree) < 1:
         try:
             tree = lxml.html.fromstring(text.encode("utf-8", "surrogatepass"), parser=_PARSER)
         except (ValueError, etree.LxmlError) as exc:
-            log.info("page not parsed error=%s", exc)
+            log.info("page not parsed", extra=fields(error=str(exc)))
             tree = None
     if tree is not None and dubious and len(tree) < 2:
         return None
@@ -202,10 +203,10 @@ def _select(html: str | bytes, selector: str) -> str | None:
         root = lxml.html.document_fromstring(decode_file(html) if isinstance(html, bytes) else html)
         matches = CSSSelector(selector)(root)
     except (etree.LxmlError, SelectorError, ValueError) as exc:
-        log.info("selector not applied selector=%s error=%s", selector, exc)
+        log.info("selector not applied", extra=fields(selector=selector, error=str(exc)))
         return None
     if not matches:
-        log.info("selector matched nothing selector=%s", selector)
+        log.info("selector matched nothing", extra=fields(selector=selector))
         return None
     head = root.find("head")
     head_html = etree.tostring(head, encoding="unicode", method="html") if head is not None else ""

@@ -1,17 +1,46 @@
-"""Logging to stderr: readable lines on a terminal, JSON lines with --log-format json."""
+"""Logging to stderr: readable lines on a terminal, JSON lines with --log-format json.
+
+A line's facts go in ``extra=fields(feed=..., status=...)``: text lines show them as
+``key=value`` after the message, JSON lines as keys of their own; durations as seconds.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aggregator.controls import json_safe, printable
 from aggregator.links import redact_secrets
 
-_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "fields"}
+
+
+def fields(**values: object) -> dict[str, object]:
+    """The ``extra=`` of a log call whose facts are ``values`` (None values left out)."""
+    return {"fields": {key: value for key, value in values.items() if value is not None}}
+
+
+def _plain(value: object) -> object:
+    """A field's value as JSON takes it: a duration in seconds, a time in ISO 8601."""
+    if isinstance(value, timedelta):
+        return round(value.total_seconds(), 3)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return str(value)
+
+
+def _text_value(value: object) -> str:
+    plain = _plain(value)
+    if isinstance(value, timedelta):
+        return f"{plain:g}s"
+    text = str(plain)
+    # Quoted when it would not read as one value (logfmt's rule).
+    return json.dumps(text, ensure_ascii=False) if not text or any(c in text for c in ' "=') else text
 
 
 class TextFormatter(logging.Formatter):
@@ -19,7 +48,11 @@ class TextFormatter(logging.Formatter):
     a line (controls shown as escapes), and no URL shows its password."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = printable(redact_secrets(record.message))
+        message = record.message
+        extra = getattr(record, "fields", None)
+        if extra:
+            message += "".join(f" {key}={_text_value(value)}" for key, value in extra.items())
+        record.message = printable(redact_secrets(message))
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
@@ -35,6 +68,9 @@ class JsonFormatter(logging.Formatter):
             "message": redact_secrets(record.getMessage()),
         }
         payload.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
+        for key, value in (getattr(record, "fields", None) or {}).items():
+            plain = _plain(value)
+            payload[key] = redact_secrets(plain) if isinstance(plain, str) else plain
         if record.exc_info:
             payload["exception"] = redact_secrets(self.formatException(record.exc_info))
         # json.dumps escapes C0 controls; DEL, C1 and the bidirectional overrides it leaves raw.

@@ -31,6 +31,7 @@ from aggregator.database import normalise_url
 from aggregator.delivery import send_digest
 from aggregator.errors import AggregatorError, ConfigError, DeliveryError, StorageError
 from aggregator.fetcher import Fetcher
+from aggregator.logs import fields
 from aggregator.models import RefreshOutcome
 from aggregator.pipeline import Pipeline
 from aggregator.store import Store
@@ -294,7 +295,7 @@ class Service:
             return
         failed = sum(1 for o in outcomes if not o.ok)
         new = sum(o.new_articles for o in outcomes)
-        log.info("refresh pass feeds=%d new_articles=%d failed=%d", len(outcomes), new, failed)
+        log.info("refresh pass", extra=fields(feeds=len(outcomes), new_articles=new, failed=failed))
 
     async def _refresh_claimed(
         self, store: Store, pipeline: Pipeline, urls: list[str]
@@ -384,7 +385,7 @@ class Service:
             "aggregator_digest_deliveries_total", result="sent" if report.digest is not None else "empty"
         )
         if report.digest is not None:
-            log.info("digest delivered items=%d to=%s", report.digest.count, report.destination)
+            log.info("digest delivered", extra=fields(stories=report.digest.count, to=report.destination))
         else:
             await asyncio.to_thread(store.note_digest_checked, digest.name, now)
 
@@ -451,7 +452,7 @@ class Service:
             log.error("retention skipped: %s", exc)
             return
         if deleted:
-            log.info("retention deleted=%d older_than_days=%d", deleted, self.settings.retention_days)
+            log.info("retention", extra=fields(deleted=deleted, older_than_days=self.settings.retention_days))
 
     async def _reload_job(self, pipeline: Pipeline) -> None:
         """Apply edits of aggregator.yaml / feeds.yaml; a bad edit keeps the last good config."""
