@@ -28,6 +28,8 @@ class DeliveryReport:
     # A run recorded earlier but not delivered then (an outage), delivered first this time.
     pending: Digest | None = None
     pending_destination: str = ""
+    # Nothing was done because another process sends, or sent, this digest.
+    elsewhere: bool = False
 
 
 def prepare_digest(
@@ -68,7 +70,7 @@ def send_digest(
     with store.digest_lock(config.name) as mine:
         if not mine:
             log.info("digest being sent by another process", extra=fields(digest=config.name))
-            return DeliveryReport(None, "")
+            return DeliveryReport(None, "", elsewhere=True)
         if slot is not None:
             # Checked under the lock: a process whose job fires after another's delivery
             # must not send what arrived since as a second digest for the same time.
@@ -77,7 +79,7 @@ def send_digest(
                 log.info(
                     "digest=%s already sent for %s by another process", config.name, f"{slot:%Y-%m-%d %H:%M}"
                 )
-                return DeliveryReport(None, "")
+                return DeliveryReport(None, "", elsewhere=True)
         return _send_locked(store, settings, now, since, sleep, config)
 
 

@@ -386,7 +386,7 @@ class Service:
         )
         if report.digest is not None:
             log.info("digest delivered", extra=fields(stories=report.digest.count, to=report.destination))
-        else:
+        elif not report.elsewhere:
             await asyncio.to_thread(store.note_digest_checked, digest.name, now)
 
     def _schedule_digests(self, scheduler: AsyncIOScheduler, store: Store) -> None:
