@@ -19,7 +19,7 @@ __all__ = ["CONTENT_TYPE", "HELP", "count", "render", "snapshot"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # A `_created` series beside each counter doubles the output for a timestamp nobody graphs.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 HELP = {
     "aggregator_fetches_total": "Feed polls by outcome (ok, not_modified, or the error kind).",
