@@ -61,7 +61,7 @@ def _summary(m: Measurement, what: str) -> dict[str, Any]:
         raise RuntimeError(f"{what} failed ({m.returncode}): {m.stderr[-2000:]}")
     line = m.stdout.strip().splitlines()[-1] if m.stdout.strip() else ""
     seconds = re.search(r"fetched [\d,]+ feeds in ([\d.]+)s", line)
-    new = re.search(r"([\d,]+) new articles \(([\d,]+) duplicates\)", line)
+    new = re.search(r"([\d,]+) new articles? \(([\d,]+) duplicates?\)", line)
     return {
         "wall_s": m.seconds,
         "pass_s": float(seconds.group(1)) if seconds else None,
