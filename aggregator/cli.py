@@ -609,8 +609,13 @@ def cmd_opml(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if args.opml_command == "import":
-        added, present = import_opml(Path(args.file), settings.feeds_file)
-        print(f"added {added} {_plural(added, 'feed')} to {settings.feeds_file} ({present} already there)")
+        report = import_opml(Path(args.file), settings.feeds_file)
+        added = report.added
+        print(
+            f"added {added} {_plural(added, 'feed')} to {settings.feeds_file} ({report.present} already there)"
+        )
+        for reason in report.skipped:
+            print(f"skipped {reason}", file=sys.stderr)
         return 0
     document = export_opml(settings.feeds)
     hidden = sum(redact_url(f.url) != f.url for f in settings.feeds)

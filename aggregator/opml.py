@@ -8,16 +8,26 @@ import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
+from pydantic import ValidationError
 
 from aggregator.config import FeedConfig, load_feeds
 from aggregator.errors import ConfigError
 from aggregator.links import redact_url
 
 
-def read_opml(data: bytes, source: str = "OPML") -> list[FeedConfig]:
-    """Return the feeds in an OPML document; folders (parent outlines) become tags."""
+class ImportReport(NamedTuple):
+    added: int
+    present: int  # already in feeds.yaml
+    skipped: tuple[str, ...] = ()  # outlines that are no feed we can poll, and why
+
+
+def read_opml(data: bytes, source: str = "OPML", skipped: list[str] | None = None) -> list[FeedConfig]:
+    """Return the feeds in an OPML document; folders (parent outlines) become tags. An outline
+    whose feed cannot be polled (not an http(s) URL, a bad name) is left out, and said why in
+    ``skipped``."""
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
@@ -33,7 +43,7 @@ def read_opml(data: bytes, source: str = "OPML") -> list[FeedConfig]:
             url = (outline.get("xmlUrl") or outline.get("xmlurl") or "").strip()
             label = (outline.get("title") or outline.get("text") or "").strip()
             if url:
-                if url in seen or not url.lower().startswith(("http://", "https://")):
+                if url in seen:
                     continue
                 seen.add(url)
                 categories = [
@@ -42,7 +52,12 @@ def read_opml(data: bytes, source: str = "OPML") -> list[FeedConfig]:
                     if c.strip().strip("/")
                 ]
                 tags = list(dict.fromkeys([*folders, *categories]))
-                feeds.append(FeedConfig(url=url, name=label or None, tags=tags))
+                try:
+                    feeds.append(FeedConfig(url=url, name=label or None, tags=tags))
+                except ValidationError as exc:
+                    if skipped is not None:
+                        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                        skipped.append(f"{redact_url(url)[:200]}: {reason}")
             else:
                 walk(outline, [*folders, label] if label else folders)
 
@@ -50,13 +65,15 @@ def read_opml(data: bytes, source: str = "OPML") -> list[FeedConfig]:
     return feeds
 
 
-def import_opml(opml_path: Path, feeds_path: Path) -> tuple[int, int]:
-    """Append the OPML's feeds that feeds.yaml lacks; return (added, already present)."""
+def import_opml(opml_path: Path, feeds_path: Path) -> ImportReport:
+    """Append the OPML's feeds that feeds.yaml lacks; return what was added, already there and
+    skipped."""
     try:
         data = opml_path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{opml_path}: cannot read: {exc.strerror or exc}") from None
-    incoming = read_opml(data, str(opml_path))
+    skipped: list[str] = []
+    incoming = read_opml(data, str(opml_path), skipped)
     existing = {f.url for f in load_feeds(feeds_path)} if feeds_path.exists() else set()
     new = [f for f in incoming if f.url not in existing]
     if new:
@@ -82,7 +99,7 @@ def import_opml(opml_path: Path, feeds_path: Path) -> tuple[int, int]:
             raise ConfigError(f"{feeds_path}: cannot append to this layout; write the list in block style")
         _atomic_write(feeds_path, text)
         load_feeds(feeds_path)
-    return len(new), len(incoming) - len(new)
+    return ImportReport(len(new), len(incoming) - len(new), tuple(skipped))
 
 
 def export_opml(feeds: tuple[FeedConfig, ...], title: str = "aggregator subscriptions") -> str:

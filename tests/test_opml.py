@@ -34,7 +34,7 @@ def test_import_appends_only_new_feeds_and_keeps_comments(tmp_path: Path) -> Non
     feeds_file.write_text("# my feeds\nfeeds:\n  - url: https://alpha.example/feed\n    name: A\n")
     opml_file = tmp_path / "subs.opml"
     opml_file.write_bytes(OPML)
-    assert import_opml(opml_file, feeds_file) == (2, 1)
+    assert import_opml(opml_file, feeds_file)[:2] == (2, 1)
     text = feeds_file.read_text()
     assert text.startswith("# my feeds\n")
     assert [f.url for f in load_feeds(feeds_file)] == [
@@ -42,7 +42,7 @@ def test_import_appends_only_new_feeds_and_keeps_comments(tmp_path: Path) -> Non
         "https://beta.example/rss",
         "https://loose.example/atom",
     ]
-    assert import_opml(opml_file, feeds_file) == (0, 3)  # idempotent
+    assert import_opml(opml_file, feeds_file)[:2] == (0, 3)  # idempotent
 
 
 def test_import_into_empty_list_and_refuse_flow_style(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_import_into_empty_list_and_refuse_flow_style(tmp_path: Path) -> None:
     opml_file.write_bytes(OPML)
     empty = tmp_path / "empty.yaml"
     empty.write_text("# none yet\nfeeds: []\n")
-    assert import_opml(opml_file, empty) == (3, 0)
+    assert import_opml(opml_file, empty)[:2] == (3, 0)
     assert len(load_feeds(empty)) == 3
     flow = tmp_path / "flow.yaml"
     flow.write_text("feeds: [{url: 'https://x.example/f'}]\n")
@@ -79,3 +79,24 @@ def test_export_round_trips() -> None:
         ("https://b.example/f", "b.example"),
     ]
     assert back[0].tags == ["world", "daily"]
+
+
+def test_outlines_that_are_no_pollable_feed_are_skipped_and_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aggregator.cli import main
+
+    opml = tmp_path / "hostile.opml"
+    opml.write_text(
+        "<opml><body><outline xmlUrl='http://' text='No host'/>"
+        "<outline xmlUrl='javascript:alert(1)' text='Script'/>"
+        "<outline xmlUrl='https://ok.example/feed' text='Fine'/></body></opml>"
+    )
+    config = tmp_path / "aggregator.yaml"
+    config.write_text("feeds_file: feeds.yaml\n")
+    (tmp_path / "feeds.yaml").write_text("feeds: []\n")
+    assert main(["opml", "import", str(opml), "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert "added 1 feed to" in captured.out
+    assert "skipped http://: " in captured.err and "skipped javascript:alert(1): " in captured.err
+    assert "Traceback" not in captured.err
