@@ -610,10 +610,8 @@ def cmd_opml(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.opml_command == "import":
         report = import_opml(Path(args.file), settings.feeds_file)
-        added = report.added
-        print(
-            f"added {added} {_plural(added, 'feed')} to {settings.feeds_file} ({report.present} already there)"
-        )
+        added, present = report.added, report.present
+        print(f"added {added} {_plural(added, 'feed')} to {settings.feeds_file} ({present} already there)")
         for reason in report.skipped:
             print(f"skipped {reason}", file=sys.stderr)
         return 0
