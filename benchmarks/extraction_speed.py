@@ -216,10 +216,10 @@ def table(result: dict[str, Any]) -> str:
         f"| … all but `extract_page`, start-up excluded | "
         f"{100 * result['overhead_share_steady']:.0f} % | {_range(result, 'overhead_share_steady')} | |\n"
         f"| … all but trafilatura's own time, start-up (imports, measured apart) excluded | "
-        f"{100 * result['own_share_steady']:.0f} % | {_range(result, 'own_share_steady')} | (none: withdrawn) |\n"
+        f"{100 * result['own_share_steady']:.0f} % | {_range(result, 'own_share_steady')} | none |\n"
         f"| … all but trafilatura's own time, start-up as the pass saw it "
         f"({result['startup_in_pass_cpu_s']:.1f} s: all before the pass began) excluded | "
-        f"{100 * result['own_share_in_pass']:.0f} % | {_range(result, 'own_share_in_pass')} | (none: withdrawn) |\n"
+        f"{100 * result['own_share_in_pass']:.0f} % | {_range(result, 'own_share_in_pass')} | none |\n"
         f"| … peak RSS (process tree, highest round) | {result['peak_rss_mb']:.0f} MB | | < 400 MB |\n"
     )
 
