@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aggregator import metrics
+from aggregator.bounds import Refused
 from aggregator.config import FeedConfig, Settings
 from aggregator.errors import FetchError, StorageError
 from aggregator.fetcher import PAGE_ACCEPT, Fetcher
@@ -263,6 +264,10 @@ class Pipeline:
             page = await self._cpu(
                 extract, result.body, result.final_url, selector, limit, feed_has, timeout=limit * 2 + 5
             )
+        except Refused as exc:
+            log.info("page not extracted url=%s reason=%s", url, exc)
+            metrics.count("aggregator_extractions_total", result="refused")
+            return None, result.final_url
         except TimeoutError:
             log.warning("extraction timed out url=%s limit=%ss", url, limit)
             metrics.count("aggregator_extractions_total", result="timeout")
