@@ -13,8 +13,10 @@ already in its socket, so that it never waits for the event loop between jobs (t
 busy for milliseconds with HTTP). A job goes to the worker holding fewer; when both hold two,
 it waits in the pool, and the outcome of a worker's job hands it the next one at once. Waiting
 jobs go in turn: ``urgent`` ones first (a feed's parsing and storing, which a reader waits
-for), then one of each ``group`` (a feed's pages) after the other, so that one feed's many slow
-pages hold up no other feed for longer than the two jobs its worker holds.
+for), then one of each ``group`` (a feed's pages) after the other. An urgent job may also be a
+worker's third, and the worker runs it before the one that waited in its socket ahead of it
+(each outcome names the job the worker runs next): one feed's slow pages hold up another
+feed's parsing for no longer than the page its worker runs.
 
 A worker that dies (killed, out of memory, a crash in C code) is replaced, and only the job it
 was running fails, with ``BrokenProcessPool``: the one waiting behind it had not started, and
@@ -65,8 +67,10 @@ _DEPTH = 2
 # Workers that may die one after the other, with no job finished by any worker in between,
 # before the pool stops replacing them.
 _DEATHS_IN_A_ROW = 3
-# The first byte of an outcome: whether the worker exits after it (grown past max_memory).
-_STAYS, _RETIRES = b"\x00", b"\x01"
+# A job's first byte: whether it is urgent. An outcome's header: whether the worker exits after
+# it (grown past max_memory), and the number of the job it runs next (-1: the next to come).
+_URGENT, _NOT_URGENT = b"\x01", b"\x00"
+_OUTCOME = struct.Struct("!?q")
 # A worker's data segment may grow this many times max_memory past what it used at its start,
 # and at least 1 GiB (the modules it imports later, trafilatura's, take tens of MB).
 _HARD_LIMIT = 4
@@ -86,12 +90,15 @@ class RemoteTraceback(Exception):
 
 
 class _Job:
-    __slots__ = ("call", "outcome", "timeout", "timer")
+    __slots__ = ("call", "outcome", "timeout", "timer", "urgent")
 
-    def __init__(self, call: Callable[[], Any], outcome: asyncio.Future[Any], timeout: float | None) -> None:
+    def __init__(
+        self, call: Callable[[], Any], outcome: asyncio.Future[Any], timeout: float | None, urgent: bool
+    ) -> None:
         self.call = call  # kept until the outcome comes: a job that had not started is sent again
         self.outcome = outcome
         self.timeout = timeout
+        self.urgent = urgent
         self.timer: asyncio.TimerHandle | None = None  # from when it runs, if it has a timeout
 
 
@@ -101,7 +108,9 @@ class _Worker:
         self.sock = sock
         self.writer: asyncio.StreamWriter | None = None  # None until its connection is open
         self.reading: asyncio.Task[None] | None = None  # held: the loop keeps tasks weakly
-        self.jobs: deque[_Job] = deque()  # the jobs it holds, in order: the first one runs
+        self.jobs: dict[int, _Job] = {}  # the jobs it holds, by their number, in the order sent
+        self.sent = 0  # the number of the next job sent to it
+        self.running: int | None = None  # the number of the job it runs
         self.retired = False  # it exits after its last outcome: not a death
 
 
@@ -193,10 +202,10 @@ class WorkerPool:
             await asyncio.shield(self._opening)
         if self.broken:
             raise BrokenProcessPool(_GONE)
-        job = _Job(call, loop.create_future(), timeout)
+        job = _Job(call, loop.create_future(), timeout, urgent)
         ready = [w for w in self._workers if w.writer is not None]
         worker = min(ready, key=lambda w: len(w.jobs)) if ready else None
-        if worker is not None and len(worker.jobs) < _DEPTH:
+        if worker is not None and _room(worker, urgent):
             self._send(worker, job)
         elif urgent:
             self._urgent.append(job)
@@ -222,22 +231,26 @@ class WorkerPool:
             job.outcome.set_exception(exc)
             return
         assert worker.writer is not None
-        size = len(data)
+        size = len(data) + 1
         worker.writer.write(_SHORT.pack(size) if size <= 0x7FFFFFFF else _SHORT.pack(-1) + _LONG.pack(size))
-        # The transport holds at most two jobs a worker (pages already in memory): no drain.
+        # The transport holds at most three jobs a worker (pages already in memory): no drain.
+        worker.writer.write(_URGENT if job.urgent else _NOT_URGENT)
         worker.writer.write(data)
-        worker.jobs.append(job)
-        if len(worker.jobs) == 1:
-            self._running(worker, job)
+        worker.jobs[worker.sent] = job
+        worker.sent += 1
+        if worker.running is None:  # it waits for a job: this one
+            self._running(worker, worker.sent - 1)
 
-    def _running(self, worker: _Worker, job: _Job) -> None:
-        """``job`` is the one ``worker`` runs now: its time starts."""
+    def _running(self, worker: _Worker, number: int) -> None:
+        """Job ``number`` is the one ``worker`` runs now: its time starts."""
+        worker.running = number
+        job = worker.jobs[number]
         if job.timeout is not None:
             assert self._loop is not None
             job.timer = self._loop.call_later(job.timeout, self._overran, worker, job)
 
     def _overran(self, worker: _Worker, job: _Job) -> None:
-        if not worker.jobs or worker.jobs[0] is not job:
+        if worker.running is None or worker.jobs.get(worker.running) is not job:
             return  # its outcome came as the timer fired
         if not job.outcome.done():
             job.outcome.set_exception(
@@ -248,14 +261,15 @@ class WorkerPool:
             worker.process.kill()  # its connection ends; _read replaces it
 
     def _send_waiting(self, worker: _Worker) -> None:
-        while len(worker.jobs) < _DEPTH and (job := self._next_waiting()) is not None:
+        while (job := self._next_waiting(worker)) is not None:
             if not job.outcome.done():  # its caller gave up
                 self._send(worker, job)
 
-    def _next_waiting(self) -> _Job | None:
-        if self._urgent:
+    def _next_waiting(self, worker: _Worker) -> _Job | None:
+        """The next waiting job there is room for in ``worker``, taken from the waiting ones."""
+        if self._urgent and _room(worker, urgent=True):
             return self._urgent.popleft()
-        if not self._groups:
+        if not self._groups or not _room(worker, urgent=False):
             return None
         group = next(iter(self._groups))
         jobs = self._groups.pop(group)
@@ -271,18 +285,24 @@ class WorkerPool:
                 if size == -1:
                     (size,) = _LONG.unpack(await reader.readexactly(_LONG.size))
                 data = await reader.readexactly(size)
-                job = worker.jobs.popleft()
+                retiring, following = _OUTCOME.unpack_from(data)
+                assert worker.running is not None
+                job = worker.jobs.pop(worker.running)
+                worker.running = None
                 if job.timer is not None:
                     job.timer.cancel()
                 self._deaths = 0
-                if data[:1] == _RETIRES:
+                if retiring:
                     self._retire(worker)
                 else:
-                    if worker.jobs:
-                        self._running(worker, worker.jobs[0])
+                    # It runs the job it named, else the first it had not read yet.
+                    if following >= 0:
+                        self._running(worker, following)
+                    elif worker.jobs:
+                        self._running(worker, next(iter(worker.jobs)))
                     self._send_waiting(worker)  # before anything else: the worker is waiting for it
                 if not job.outcome.done():  # not given up by a cancelled caller
-                    _settle(job.outcome, memoryview(data)[1:])
+                    _settle(job.outcome, memoryview(data)[_OUTCOME.size :])
         except (asyncio.IncompleteReadError, OSError):
             pass  # the worker's end closed: it died, retired, or the pool was shut down
         if worker.retired:
@@ -294,7 +314,7 @@ class WorkerPool:
         """``worker`` grew past ``max_memory``: it exits after the outcome it just sent. The jobs
         it held had not started; they go first to the other workers or to its replacement."""
         worker.retired = True
-        self._urgent.extendleft(reversed(worker.jobs))
+        self._urgent.extendleft(reversed(worker.jobs.values()))
         worker.jobs.clear()
         self._workers.remove(worker)
         self._retired.append(worker.process)
@@ -327,20 +347,22 @@ class WorkerPool:
 
     def _lost(self, worker: _Worker) -> None:
         """``worker``'s connection ended: it died, or the pool was shut down."""
-        held = list(worker.jobs)
+        running = worker.jobs.pop(worker.running) if worker.running is not None else None
+        held = list(worker.jobs.values())
         worker.jobs.clear()
-        for job in held:
-            if job.timer is not None:
+        worker.running = None
+        for job in [running, *held]:
+            if job is not None and job.timer is not None:
                 job.timer.cancel()
         if self.broken:
-            for job in held:
-                if not job.outcome.done():
+            for job in [running, *held]:
+                if job is not None and not job.outcome.done():
                     job.outcome.set_exception(BrokenProcessPool(_GONE))
             return
-        # The job it ran fails; those behind it had not started, and go to the next free worker.
-        if held and not held[0].outcome.done():
-            held[0].outcome.set_exception(BrokenProcessPool("the worker process running this job died"))
-        self._urgent.extendleft(reversed(held[1:]))
+        # The job it ran fails; the others had not started, and go to the next free worker.
+        if running is not None and not running.outcome.done():
+            running.outcome.set_exception(BrokenProcessPool("the worker process running this job died"))
+        self._urgent.extendleft(reversed(held))
         self._workers.remove(worker)
         for other in self._workers:  # a free one takes them now, not after a new one has started
             if other.writer is not None:
@@ -416,6 +438,11 @@ class WorkerPool:
                 process.join(5)
 
 
+def _room(worker: _Worker, urgent: bool) -> bool:
+    """Whether ``worker`` may take one more job: two, and an urgent third."""
+    return len(worker.jobs) < _DEPTH + urgent
+
+
 def _settle(job: asyncio.Future[Any], data: bytes | memoryview) -> None:
     try:
         ok, value, remote = pickle.loads(data)
@@ -450,23 +477,47 @@ def _serve(
     memory = _Memory() if max_memory is not None else None
     if memory is not None and max_memory is not None:
         memory.limit_data(max(_HARD_LIMIT * max_memory, _HARD_LIMIT_FLOOR))
+    # Jobs read and not run yet, in the order sent: (number, urgent, message).
+    pending: deque[tuple[int, bool, bytes]] = deque()
+    received = 0
+    closed = False
     while True:
+        if not pending:
+            # Nothing read and waiting: the pool expects the next job to come to run first.
+            try:
+                message = connection.recv_bytes()
+            except (EOFError, OSError):
+                return
+            pending.append((received, message[:1] == _URGENT, message))
+            received += 1
+        data = pending.popleft()[2]
         try:
-            data = connection.recv_bytes()
-        except (EOFError, OSError):
-            return
-        try:
-            outcome: tuple[bool, Any, str | None] = (True, pickle.loads(data)(), None)
+            outcome: tuple[bool, Any, str | None] = (True, pickle.loads(memoryview(data)[1:])(), None)
         except BaseException as exc:  # SystemExit from a job too: it is the job's outcome
             outcome = (False, exc, traceback.format_exc())
+        del data
+        # The jobs that came meanwhile; the next to run is the first urgent one, else the first.
+        try:
+            while not closed and connection.poll(0):
+                message = connection.recv_bytes()
+                pending.append((received, message[:1] == _URGENT, message))
+                received += 1
+        except (EOFError, OSError):
+            closed = True
+        first_urgent = next((i for i, (_, urgent, _) in enumerate(pending) if urgent), 0)
+        if first_urgent:
+            chosen = pending[first_urgent]
+            del pending[first_urgent]
+            pending.appendleft(chosen)
         retiring = memory is not None and max_memory is not None and memory.resident() > max_memory
+        following = pending[0][0] if pending and not retiring else -1
         payload = io.BytesIO()
-        payload.write(_RETIRES if retiring else _STAYS)
+        payload.write(_OUTCOME.pack(retiring, following))
         try:
             pickle.dump(outcome, payload, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # a result or exception that cannot be pickled
             error = RuntimeError(f"the job's outcome could not be sent: {type(exc).__name__}: {exc}")
-            payload.seek(1)
+            payload.seek(_OUTCOME.size)
             payload.truncate()
             pickle.dump((False, error, outcome[2] or ""), payload, pickle.HIGHEST_PROTOCOL)
         del outcome  # the result's memory, before the next job
@@ -474,7 +525,7 @@ def _serve(
             connection.send_bytes(payload.getbuffer())
         except OSError:
             return
-        if retiring:
+        if retiring or closed:
             return
 
 

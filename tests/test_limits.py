@@ -316,8 +316,11 @@ def test_one_feeds_slow_pages_do_not_hold_up_another_feed(
 
     outcomes = run_pass(settings, on_done, resolver)
     assert all(o.ok for o in outcomes), outcomes
-    # Its parsing waited at most for the page its worker ran and the one behind it (1 s each).
-    assert done["other-feed"] - marks["other fetched"] < 3.5
+    # Its parsing waited at most for the page its worker was running (1 s), not for the page
+    # behind it in the worker's socket, nor for those waiting in the pool.
+    waited = done["other-feed"] - marks["other fetched"]
+    print(f"the other feed was stored {waited:.2f}s after its fetch")
+    assert waited < 2.5
     # A host has twice as many places in the pool as there are workers: the first page runs,
     # the second waits in the worker's socket; the third takes the first's place once it timed
     # out. When the second times out too, the host is struck out, and the five pages left,
