@@ -7,7 +7,9 @@ compiled regular expression), never a parse.
 - Feed HTML (``sanitize.clean_html``, ``html_to_text``: before nh3 and lxml) over
   ``MAX_FRAGMENT_TAGS`` tags, or nested more than ``MAX_DEPTH`` deep, is reduced to its text
   (``fragment_refusal``). html5ever, nh3's parser, has no depth limit, and its work for each
-  element grows with the depth: 100,000 nested ``<div>`` took a minute.
+  element grows with the depth: 100,000 nested ``<div>`` took a minute. The nesting is read
+  (``nesting_depth``, a Python step for each tag) only when the HTML has more start tags
+  than ``MAX_DEPTH``: it can be no deeper otherwise.
 - Every tag of either keeps its first ``MAX_ATTRIBUTES`` attributes only (``cap_attributes``):
   libxml2 and html5ever compare each attribute with all the element's others (300,000 took
   minutes).
@@ -18,12 +20,11 @@ have at most 3,163 tags, 1,584 elements, 50 levels of nesting and 23 attributes 
 
 from __future__ import annotations
 
-import functools
 import re
 import string
 
-# libxml2's own default (XML_PARSE_HUGE off); pages are not nested deeper than it reads.
-MAX_DEPTH = 256
+# Feed HTML: ten times the deepest dev page (50), twice libxml2's own limit for pages (256).
+MAX_DEPTH = 512
 MAX_PAGE_CHARS = 10_000_000
 # Counted as "<" characters: about twice the elements (3,163 for 1,584 on the largest dev page).
 MAX_PAGE_TAGS = 200_000
@@ -50,7 +51,12 @@ def fragment_refusal(html: str) -> str | None:
     tags = html.count("<")
     if tags > MAX_FRAGMENT_TAGS:
         return f"{tags:,} tags (the bound is {MAX_FRAGMENT_TAGS:,})"
-    if tags <= MAX_DEPTH:  # no deeper than it has tags: the common case stops here
+    # No deeper than it has start tags: at most every "<" but those of end tags and of the
+    # commonest void elements (such a "<" opens nothing, whether or not it starts a tag).
+    if tags <= MAX_DEPTH:  # the common case stops here
+        return None
+    starts = tags - html.count("</") - html.count("<br>") - html.count("<br/>") - html.count("<br ")
+    if starts - html.count("<img ") <= MAX_DEPTH:
         return None
     depth = nesting_depth(html, MAX_DEPTH)
     if depth is None:
@@ -99,32 +105,31 @@ def cap_attributes(html: str) -> str:
 
 # The HTML tokenizer's tokens that matter for nesting, each read whole so that no "<" inside
 # one is taken for a tag: a comment (it ends at the first "-->" or "--!>"; "<!-->" is one),
-# a doctype or bogus comment (the first ">"), and a tag with its attributes (a quoted value may
-# hold ">" and "<"). Group 1 is "/" for an end tag; group 2 the tag's name.
-_TOKEN = re.compile(
-    "<!--(?:-?>|.*?(?:--!?>|\\Z))"
-    "|<[!?][^>]*+>?"
-    "|</(?![A-Za-z])[^>]*+>?"
-    f"|<(/?)([A-Za-z][^{_SPACE}/>]*+)(?:[{_SPACE}/]++"
-    f"|[^{_SPACE}/>][^{_SPACE}/>=]*+(?:[{_SPACE}]*+=[{_SPACE}]*+(?>\"[^\"]*+\"|'[^']*+'|[^{_SPACE}>]*+))?)*+"
-    ">?",
+# a doctype or bogus comment (the first ">"), an element whose content is text up to its end
+# tag (groups 1 and 2: its name, its content), and a tag with its attributes, whose quoted
+# values may hold ">" and "<" (groups 3 and 4: "/" for an end tag, its name). Each character
+# is read once, in C; only the tokens come back to Python.
+_ATTRIBUTES = (
+    f"(?:[{_SPACE}/]++"
+    f"|[^{_SPACE}/>][^{_SPACE}/>=]*+(?:[{_SPACE}]*+=[{_SPACE}]*+(?>\"[^\"]*+\"|'[^']*+'|[^{_SPACE}>]*+))?)*+>?"
+)
+# Their content is text up to their end tag (noscript too: html5ever parses with scripting on).
+_RAW_TEXT = "script|style|textarea|title|xmp|iframe|noembed|noframes|noscript"
+_TOKENS = re.compile(
+    # One "<" before the alternatives: the search then skips from "<" to "<" in C.
+    "<(?:!--(?:-?>|.*?(?:--!?>|\\Z))"
+    "|[!?][^>]*+>?"
+    "|/(?![A-Za-z])[^>]*+>?"
+    f"|((?i:{_RAW_TEXT}))(?![^{_SPACE}/>]){_ATTRIBUTES}(.*?)(?:</(?i:\\1)(?=[{_SPACE}/>])|\\Z)"
+    f"|(/?)([A-Za-z][^{_SPACE}/>]*+){_ATTRIBUTES})",
     re.ASCII | re.DOTALL,
 )
 _VOID = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 )
-# Their content is text up to their end tag (noscript too: html5ever parses with scripting on).
-_RAW_TEXT = frozenset(
-    {"script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes", "noscript"}
-)
 # Inside these, void elements may nest and CDATA sections hide tags: not followed here.
 _FOREIGN = frozenset({"svg", "math"})
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-
-
-@functools.cache
-def _raw_text_end(name: str) -> re.Pattern[str]:
-    return re.compile(f"</{name}[{_SPACE}/>]", re.ASCII | re.IGNORECASE)
 
 
 def nesting_depth(html: str, limit: int) -> int | None:
@@ -138,32 +143,29 @@ def nesting_depth(html: str, limit: int) -> int | None:
     """
     stack: list[str] = []
     deepest = 0
-    position = 0
-    while (token := _TOKEN.search(html, position)) is not None:
-        position = token.end()
-        name = token.group(2)
-        if name is None:  # a comment, a doctype
+    for raw, content, closing, name in _TOKENS.findall(html):
+        if raw:  # an element of text: one level, for as long as it lasts
+            if "<!--" in content and raw.lower() == "script":
+                return None
+            deepest = max(deepest, len(stack) + 1)
+            continue
+        if not name:  # a comment, a doctype
             continue
         # html5ever lowercases ASCII letters only: "</xä>" does not close "<XÄ>".
         name = name.lower() if name.isascii() else name.translate(_ASCII_LOWER)
-        if token.group(1):
+        if closing:
             if stack and stack[-1] == name:
                 stack.pop()
+        elif name in _VOID:
             continue
-        if name in _VOID:
-            continue
-        if name in _FOREIGN:
+        elif name in _FOREIGN:
             return None
-        stack.append(name)
-        deepest = max(deepest, len(stack))
-        if deepest > limit or name == "plaintext":  # the rest of a <plaintext> is text
-            break
-        if name in _RAW_TEXT:
-            end = _raw_text_end(name).search(html, position)
-            content_end = len(html) if end is None else end.start()
-            if name == "script" and html.find("<!--", position, content_end) >= 0:
-                return None
-            if end is None:
-                break
-            position = end.start()
+        elif name == "plaintext":  # all that follows is text
+            return max(deepest, len(stack) + 1)
+        else:
+            stack.append(name)
+            if len(stack) > deepest:
+                deepest = len(stack)
+                if deepest > limit:
+                    break
     return deepest

@@ -146,12 +146,12 @@ def test_nesting_is_never_counted_below_half_of_html5evers(html: str) -> None:
 @pytest.mark.parametrize(
     "html",
     [
-        '<div title="</div>">' * 300,  # an end tag in a quoted value is no end tag
-        "<div><!--</div>-->" * 300,  # nor one in a comment
-        "<div></span>" * 300,  # an end tag that names another element closes nothing
-        "".join(f"<div><b id={i}></div>" for i in range(300)),  # html5ever reopens each b
-        "<XÄ></xä>" * 300,  # names differ beyond ASCII case
-        "<textarea></div></textarea><div>" * 300,
+        '<div title="</div>">' * 600,  # an end tag in a quoted value is no end tag
+        "<div><!--</div>-->" * 600,  # nor one in a comment
+        "<div></span>" * 600,  # an end tag that names another element closes nothing
+        "".join(f"<div><b id={i}></div>" for i in range(600)),  # html5ever reopens each b
+        "<XÄ></xä>" * 600,  # names differ beyond ASCII case
+        "<textarea></div></textarea><div>" * 600,
     ],
     ids=["quoted", "comment", "other-name", "reopened", "non-ascii", "raw-text"],
 )
@@ -163,9 +163,11 @@ def test_deep_nesting_is_seen_through_what_does_not_close_it(html: str) -> None:
 def test_what_cannot_be_followed_cheaply_is_refused_only_when_large() -> None:
     small = "<svg><g>" + "<p>x</p>" * 10
     assert bounds.fragment_refusal(small) is None
-    assert bounds.fragment_refusal("<svg>" + "<p>x</p>" * 200) is not None
-    assert bounds.fragment_refusal("<script><!--</script>" + "<p>x</p>" * 200) is not None
-    assert bounds.fragment_refusal("<script>a < b</script>" + "<p>x</p>" * 200) is None
+    assert bounds.fragment_refusal("<svg>" + "<p>x</p>" * 600) is not None
+    assert bounds.fragment_refusal("<script><!--</script>" + "<p>x</p>" * 600) is not None
+    assert bounds.fragment_refusal("<script>a < b</script>" + "<p>x</p>" * 600) is None
+    # Counted, not read: no deeper than its start tags, whatever its end tags.
+    assert bounds.fragment_refusal("<svg><g>" + "x<br>" * 600 + "</p>" * 600) is None
 
 
 # -- calibration: real pages and entries pass ------------------------------------------------
