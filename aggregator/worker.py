@@ -88,39 +88,39 @@ def ingest(job: FeedJob, store: Store | None = None) -> Ingested:
     fresh, known_links = _new_entries(store, job.feed_url, identified.entries)
     with _feed_limit(deadline, job.limit):
         new = prepare_entries(fresh, job.result.final_url)
-        hints = feed_hints(
-            job.result.cache_control,
-            parsed.ttl,
-            parsed.update_period,
-            parsed.update_frequency,
-            parsed.skip_hours,
-            parsed.skip_days,
+    hints = feed_hints(
+        job.result.cache_control,
+        parsed.ttl,
+        parsed.update_period,
+        parsed.update_frequency,
+        parsed.skip_hours,
+        parsed.skip_days,
+    )
+    dates = [p.entry.published for p in identified.entries if p.entry.published]
+    interval = poll_interval(job.limits, hints, dates)
+    record = FetchRecord(
+        status=job.result.status,
+        etag=job.result.etag,
+        last_modified=job.result.last_modified,
+        title=parsed.title,
+        site_url=parsed.site_url,
+        now=job.now,
+        next_fetch=skip_to_allowed(job.now + interval, hints.skip_hours, hints.skip_days),
+        poll_interval=interval.total_seconds(),
+        location=job.location,
+        warning="; ".join(parsed.warnings) or None,
+    )
+    # Check duplicates by URL before the costly step: a page stored already is not fetched.
+    pages = tuple(
+        item.key
+        for item in new
+        if job.full_text and item.link_key is not None and item.link_key not in known_links
+    )
+    if pages:
+        return Ingested(
+            len(identified.entries), warnings=parsed.warnings, new=tuple(new), pages=pages, record=record
         )
-        dates = [p.entry.published for p in identified.entries if p.entry.published]
-        interval = poll_interval(job.limits, hints, dates)
-        record = FetchRecord(
-            status=job.result.status,
-            etag=job.result.etag,
-            last_modified=job.result.last_modified,
-            title=parsed.title,
-            site_url=parsed.site_url,
-            now=job.now,
-            next_fetch=skip_to_allowed(job.now + interval, hints.skip_hours, hints.skip_days),
-            poll_interval=interval.total_seconds(),
-            location=job.location,
-            warning="; ".join(parsed.warnings) or None,
-        )
-        # Check duplicates by URL before the costly step: a page stored already is not fetched.
-        pages = tuple(
-            item.key
-            for item in new
-            if job.full_text and item.link_key is not None and item.link_key not in known_links
-        )
-        if pages:
-            return Ingested(
-                len(identified.entries), warnings=parsed.warnings, new=tuple(new), pages=pages, record=record
-            )
-        articles = [build_article(job.feed_url, item, None, item.entry.url or job.feed_url) for item in new]
+    articles = [build_article(job.feed_url, item, None, item.entry.url or job.feed_url) for item in new]
     added, duplicates = store.store_refresh(job.feed_url, articles, record)
     return Ingested(len(identified.entries), added, duplicates, parsed.warnings)
 
