@@ -267,7 +267,8 @@ class WorkerPool:
 
     def _next_waiting(self, worker: _Worker) -> _Job | None:
         """The next waiting job there is room for in ``worker``, taken from the waiting ones."""
-        if self._urgent and _room(worker, urgent=True):
+        # (Jobs a lost worker had not started go back first, urgent or not.)
+        if self._urgent and _room(worker, self._urgent[0].urgent):
             return self._urgent.popleft()
         if not self._groups or not _room(worker, urgent=False):
             return None
@@ -296,7 +297,7 @@ class WorkerPool:
                     self._retire(worker)
                 else:
                     # It runs the job it named, else the first it had not read yet.
-                    if following >= 0:
+                    if following in worker.jobs:
                         self._running(worker, following)
                     elif worker.jobs:
                         self._running(worker, next(iter(worker.jobs)))

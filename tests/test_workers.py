@@ -58,6 +58,11 @@ def grow(megabytes: int) -> int:
     return os.getpid()
 
 
+def finished(label: str, seconds: float) -> tuple[str, float]:
+    time.sleep(seconds)
+    return label, time.monotonic()
+
+
 def labelled(label: str) -> tuple[str, float]:
     time.sleep(0.1)  # long enough for the pool to send the next job meanwhile
     return label, time.monotonic()
@@ -384,5 +389,27 @@ def test_waiting_jobs_go_urgent_first_then_a_group_at_a_time() -> None:
         # socket; then u2; then the groups in turn.
         assert order == ["u1", "u2", "next", "a1", "b1", "c1", "a2", "a3"]
         await jobs[0]
+
+    drive(pool, go)
+
+
+def test_an_urgent_jobs_time_and_the_one_it_overtook_count_from_when_each_starts() -> None:
+    pool = WorkerPool(1, method="spawn")
+
+    def job(label: str, seconds: float, **options: Any) -> asyncio.Future[tuple[str, float]]:
+        call = functools.partial(finished, label, seconds)
+        return asyncio.ensure_future(pool.run(call, **options))
+
+    async def go() -> None:
+        first = await pool.run(os.getpid)
+        running = job("running", 0.5)
+        overtaken = job("overtaken", 0.3, timeout=0.6)  # in the worker's socket
+        await asyncio.sleep(0.1)
+        urgent = job("urgent", 0.4, timeout=0.6, urgent=True)
+        done = await asyncio.gather(running, urgent, overtaken)
+        # The urgent job ran second, the overtaken one third, each within its own time though
+        # the overtaken one waited 0.9 s in all: its time started when it did, not before.
+        assert [label for label, _ in sorted(done, key=lambda d: d[1])] == ["running", "urgent", "overtaken"]
+        assert await pool.run(os.getpid) == first  # nobody was killed
 
     drive(pool, go)
