@@ -506,6 +506,7 @@ def cmd_articles(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from aggregator.bounds import Refused
     from aggregator.extractor import extract_page
     from aggregator.fetcher import PAGE_ACCEPT, Fetcher
 
@@ -542,7 +543,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 body = Path(source).read_bytes()
             except OSError as exc:
                 error = f"cannot read: {exc.strerror or exc}"
-        page = extract_page(body, page_url, selector=args.selector) if error is None else None
+        page = None
+        if error is None:
+            try:
+                page = extract_page(body, page_url, selector=args.selector)
+            except Refused as exc:
+                error = f"not extracted: {exc}"
         if error is None and page is None:
             error = "no article text found"
         failures += error is not None

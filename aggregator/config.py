@@ -167,6 +167,10 @@ class ExtractSettings(_Section):
     workers: int | None = Field(None, ge=0, le=64)
     # A page whose extraction takes longer is abandoned; the feed's own text is used.
     timeout: Duration = timedelta(seconds=30)
+    # A feed whose parsing (and sanitising) in a worker takes longer fails with kind "timeout".
+    feed_timeout: Duration = timedelta(minutes=2)
+    # A worker process whose resident memory grew past this after a job is replaced.
+    max_worker_memory: ByteSize = 500_000_000
 
 
 def _check_address(value: str) -> str:

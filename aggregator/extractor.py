@@ -29,6 +29,7 @@ from itertools import pairwise
 import lxml.html
 from lxml import etree
 
+from aggregator import bounds
 from aggregator.logs import fields
 from aggregator.models import ExtractedPage
 from aggregator.page_meta import page_metadata, restore_initials
@@ -125,9 +126,18 @@ def extract_page(
     it (``prepare.build_article`` prefers the feed's): "author" (a machine-readable author in
     the page's meta tags or JSON-LD is still read; the search of the page for a byline is
     skipped), "date" (no date is read).
+
+    Raises ``bounds.Refused`` for a page over the bounds (``bounds.page_refusal``), before it
+    is parsed.
     """
     if not html:
         return None
+    # Decoded (and decompressed) first, as load_html would: the bounds are on the text parsed.
+    html = decode_file(html, _MAX_FILE_SIZE)
+    reason = bounds.page_refusal(html)
+    if reason is not None:
+        raise bounds.Refused(reason)
+    html = bounds.cap_attributes(html)
     if selector:
         selected = _select(html, selector)
         if not selected:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aggregator import metrics
+from aggregator.bounds import Refused
 from aggregator.config import FeedConfig, Settings
 from aggregator.errors import FetchError, StorageError
 from aggregator.fetcher import PAGE_ACCEPT, Fetcher
@@ -38,7 +39,14 @@ log = logging.getLogger(__name__)
 MOVE_AFTER = 3
 # How often the write-ahead log of SQLite is checkpointed during a refresh (see _checkpoints).
 CHECKPOINT_EVERY = 1.0
+# A host whose pages time out (or kill their worker) this often in a pass gets no more
+# extractions in it: its other pages get their feed's text at once.
+STRIKES = 2
 T = TypeVar("T")
+
+
+class _Struck(Exception):
+    """A page whose host was struck out (``STRIKES``) while it waited for a worker."""
 
 
 @dataclass
@@ -55,6 +63,9 @@ class Pipeline:
     _unchanged: list[NotModified] = field(default_factory=list, init=False)
     _bounds: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False)
     _host_bounds: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False)
+    _strikes: dict[str, int] = field(default_factory=dict, init=False)  # host -> timeouts
+    _host_extractions: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False)
+    _passes: int = field(default=0, init=False)  # refresh_all calls running (the service overlaps them)
 
     def __post_init__(self) -> None:
         self._running = self.workers
@@ -92,9 +103,13 @@ class Pipeline:
         # start the workers for a pass of 304s that needs none.
         workers = self.settings.extract.workers != 0
         checkpoints = asyncio.ensure_future(self._checkpoints()) if workers else None
+        self._passes += 1
         try:
             return list(await asyncio.gather(*(one(feed) for feed in feeds)))
         finally:
+            self._passes -= 1
+            if not self._passes:
+                self._strikes.clear()  # the next pass tries every host again
             await self._record_unchanged()
             if checkpoints is not None:
                 checkpoints.cancel()
@@ -151,7 +166,8 @@ class Pipeline:
             added, duplicates = ingested.added, ingested.duplicates
             if not ingested.done:
                 pages = await self._pages(feed, ingested)
-                added, duplicates = await self._in_worker(finish, feed.url, ingested, pages)
+                limit = self._feed_limit()
+                added, duplicates = await self._in_worker(finish, feed.url, ingested, pages, limit)
         for warning in ingested.warnings:
             log.warning("%s feed=%s", warning, feed.url)
         # A poll that brought nothing new is routine: the pass summary counts it.
@@ -210,6 +226,7 @@ class Pipeline:
             full_text=self.settings.full_text_for(feed),
             limits=self._limits(feed),
             location=location,
+            limit=self._feed_limit(),
         )
 
     async def _pages(
@@ -219,14 +236,18 @@ class Pipeline:
         items = [item for item in ingested.new if item.key in wanted]
         fetched = await asyncio.gather(
             *(
-                self._fetch_and_extract(item.entry.url or feed.url, feed.selector, item.feed_has())
+                self._fetch_and_extract(item.entry.url or feed.url, feed.selector, item.feed_has(), feed.url)
                 for item in items
             )
         )
         return {item.key: page for item, page in zip(items, fetched, strict=True)}
 
     async def _fetch_and_extract(
-        self, url: str, selector: str | None = None, feed_has: tuple[str, ...] = ()
+        self,
+        url: str,
+        selector: str | None = None,
+        feed_has: tuple[str, ...] = (),
+        feed_url: str | None = None,
     ) -> tuple[ExtractedPage | None, str]:
         """Fetch a page and extract it, at most ``fetch.concurrency`` pages at once from fetch
         to extraction: pages are fetched faster than they are extracted, and without a bound
@@ -235,10 +256,13 @@ class Pipeline:
         One host's pages hold at most twice ``fetch.per_host`` of those places (as many being
         fetched, as many waiting for a worker): the places were taken before the fetcher's host
         limit, so the pages of one slow site, queued for its host, held them all and the other
-        sites' pages waited behind it."""
+        sites' pages waited behind it.
+
+        Pages wait for a worker a feed at a time, in turn (``feed_url``), behind the feeds'
+        parsing and storing: one feed's slow pages hold up no other feed for long."""
         async with self._host_pages(url), self._slots("pages"):
             try:
-                return await self._fetch_and_extract_now(url, selector, feed_has)
+                return await self._fetch_and_extract_now(url, selector, feed_has, feed_url)
             except StorageError:
                 raise
             except Exception:  # a page no rule foresaw costs its entry the page, not the feed
@@ -252,8 +276,11 @@ class Pipeline:
         return self._host_bounds[host]
 
     async def _fetch_and_extract_now(
-        self, url: str, selector: str | None, feed_has: tuple[str, ...]
+        self, url: str, selector: str | None, feed_has: tuple[str, ...], feed_url: str | None = None
     ) -> tuple[ExtractedPage | None, str]:
+        host = urlsplit(url).hostname or ""
+        if self._struck(host, url):
+            return None, url
         try:
             result = await self.fetcher.fetch(url, accept=PAGE_ACCEPT)
         except FetchError as exc:
@@ -269,16 +296,32 @@ class Pipeline:
             # The worker gives up at the limit itself; this one is the backstop for a worker
             # stuck in C code, where its alarm cannot reach it: the pool kills that worker and
             # starts another, and the other workers carry on.
-            page = await self._cpu(
-                extract, result.body, result.final_url, selector, limit, feed_has, timeout=limit * 2 + 5
+            page = await self._extract(
+                host,
+                result.body,
+                result.final_url,
+                selector,
+                limit,
+                feed_has,
+                timeout=limit * 2 + 5,
+                group=feed_url or url,
             )
+        except _Struck:
+            self._struck(host, url)
+            return None, result.final_url
+        except Refused as exc:
+            log.info("page not extracted url=%s reason=%s", url, exc)
+            metrics.count("aggregator_extractions_total", result="refused")
+            return None, result.final_url
         except TimeoutError:
             log.warning("extraction timed out url=%s limit=%ss", url, limit)
             metrics.count("aggregator_extractions_total", result="timeout")
+            self._strike(host)
             return None, result.final_url
         except BrokenProcessPool:
             log.warning("extraction killed its worker process twice url=%s", url)
             metrics.count("aggregator_extractions_total", result="crashed")
+            self._strike(host)
             return None, result.final_url
         finally:
             metrics.count("aggregator_extraction_seconds_total", time.monotonic() - started)
@@ -286,6 +329,34 @@ class Pipeline:
         if page is None:
             log.info("no article text extracted url=%s", url)
         return page, result.final_url
+
+    async def _extract(self, host: str, *args: Any, timeout: float, group: str) -> ExtractedPage | None:
+        """``worker.extract`` in the pool, with at most twice as many of ``host``'s pages in it
+        (running or waiting) as there are workers: enough to keep them busy, few enough that
+        once the host is struck out (``STRIKES``) the pages behind are not extracted.
+
+        Raises _Struck for a page that waited while its host was struck out.
+        """
+        if host not in self._host_extractions:
+            workers = self.settings.extract.workers or os.cpu_count() or 1
+            self._host_extractions[host] = asyncio.Semaphore(2 * workers)
+        async with self._host_extractions[host]:
+            if self._strikes.get(host, 0) >= STRIKES:
+                raise _Struck
+            return await self._cpu(extract, *args, timeout=timeout, group=group)
+
+    def _struck(self, host: str, url: str) -> bool:
+        """Whether ``host``'s pages time out too often this pass to be tried (STRIKES)."""
+        if self._strikes.get(host, 0) < STRIKES:
+            return False
+        log.debug("page not extracted url=%s reason=its host's pages timed out", url)
+        metrics.count("aggregator_extractions_total", result="skipped")
+        return True
+
+    def _strike(self, host: str) -> None:
+        self._strikes[host] = self._strikes.get(host, 0) + 1
+        if self._strikes[host] == STRIKES:
+            log.warning("no more extractions this pass host=%s timeouts=%d", host, STRIKES)
 
     async def _not_modified(
         self, feed: FeedConfig, state: FeedState, result: FetchResult, location: FeedLocation
@@ -305,25 +376,55 @@ class Pipeline:
         return RefreshOutcome(feed.url, ok=True, status=304, not_modified=True)
 
     async def _in_worker(self, function: Callable[..., T], *args: Any) -> T:
-        """Run a worker.py step: in a worker process, or in a thread given our own Store."""
-        if self._pool() is None:
-            return await asyncio.to_thread(function, *args, self.store)
-        return await self._cpu(function, *args)
+        """Run a worker.py step on one feed: in a worker process, ahead of the pages waiting for
+        one, or in a thread given our own Store.
 
-    async def _cpu(self, function: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        The worker interrupts its own parsing at extract.feed_timeout (FetchError "timeout");
+        past twice that and 5 s (stuck in C code, or in the database) it is killed and the feed
+        fails the same way. A killed worker's transaction dies with its connection.
+        """
+        backstop = self._feed_limit() * 2 + 5
+        pool = self._pool()
+        try:
+            if pool is None:
+                async with asyncio.timeout(backstop):  # a thread is only no longer waited for
+                    return await asyncio.to_thread(functools.partial(function, *args, store=self.store))
+            return await self._in_pool(pool, functools.partial(function, *args), backstop, urgent=True)
+        except TimeoutError:
+            raise FetchError("timeout", f"the feed's worker job ran over {backstop:g}s") from None
+
+    def _feed_limit(self) -> float:
+        return self.settings.extract.feed_timeout.total_seconds()
+
+    async def _cpu(
+        self,
+        function: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,
+        group: str | None = None,
+    ) -> T:
         """Run a pure CPU-bound function in the worker processes (or a thread), given up with
-        TimeoutError after ``timeout`` seconds of running."""
+        TimeoutError after ``timeout`` seconds of running; waiting jobs of a ``group`` take
+        turns with the other groups'."""
         pool = self._pool()
         call = functools.partial(function, *args)
         if pool is None:
             # A thread cannot be stopped: it is only no longer waited for.
             async with asyncio.timeout(timeout):
                 return await asyncio.to_thread(call)
-        return await self._in_pool(pool, call, timeout)
+        return await self._in_pool(pool, call, timeout, group=group)
 
-    async def _in_pool(self, pool: WorkerPool, call: Callable[[], T], timeout: float | None = None) -> T:
+    async def _in_pool(
+        self,
+        pool: WorkerPool,
+        call: Callable[[], T],
+        timeout: float | None = None,
+        *,
+        urgent: bool = False,
+        group: str | None = None,
+    ) -> T:
         try:
-            return await pool.run(call, timeout=timeout)
+            return await pool.run(call, timeout=timeout, urgent=urgent, group=group)
         except BrokenProcessPool:
             # Its worker died running it (killed, out of memory, a crash in C code), and the
             # pool replaced that worker; or the pool gave up after its workers kept dying, and
@@ -334,7 +435,7 @@ class Pipeline:
                 new = self._pool()
                 assert new is not None
                 pool = new
-            return await pool.run(call, timeout=timeout)
+            return await pool.run(call, timeout=timeout, urgent=urgent, group=group)
 
     def _discard(self, pool: WorkerPool) -> None:
         """Stop using ``pool``, which gave up; the next job starts another."""
@@ -420,7 +521,13 @@ def start_workers(settings: Settings, *, fork: bool = False) -> WorkerPool | Non
         _import_worker_modules()
     count = workers or os.cpu_count() or 1
     method = "fork" if fork else "spawn"
-    pool = WorkerPool(count, method=method, initializer=init_worker, initargs=(settings.database_url,))
+    pool = WorkerPool(
+        count,
+        method=method,
+        initializer=init_worker,
+        initargs=(settings.database_url,),
+        max_memory=settings.extract.max_worker_memory,
+    )
     log.debug("started worker processes=%d method=%s", count, method)
     return pool
 

@@ -5,17 +5,27 @@ The service's own process keeps the network and the schedule; parsing, HTML work
 writes, all CPU-bound, run here on every core. Each worker process opens its own connection
 to the database (``init_worker``); with ``extract.workers: 0`` the same functions run in threads of the
 service, given the service's Store.
+
+Each job has a time limit, enforced with SIGALRM in a worker process's main thread, so that the
+worker survives it: an extraction gives up (TimeoutError), and a feed's parsing fails with
+FetchError("timeout"). Only the CPU work is interrupted, never a database call: a store stuck
+past the pool's backstop has its worker killed, and its transaction dies with it.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
+from aggregator.bounds import Refused
 from aggregator.database import create_db_engine
+from aggregator.errors import FetchError
 from aggregator.models import ExtractedPage, FetchResult
 from aggregator.polling import PollLimits, feed_hints, poll_interval, skip_to_allowed
 from aggregator.prepare import IdentifiedEntry, PreparedEntry, build_article, identify_feed, prepare_entries
@@ -42,6 +52,7 @@ class FeedJob:
     full_text: bool
     limits: PollLimits
     location: FeedLocation
+    limit: float | None = None  # seconds for the parsing (extract.feed_timeout)
 
 
 @dataclass(frozen=True)
@@ -65,14 +76,18 @@ class Ingested:
 def ingest(job: FeedJob, store: Store | None = None) -> Ingested:
     """Parse the feed; store its new entries now, or say which pages to fetch first.
 
-    Raises FetchError("not_a_feed" | "parse") when the document is no feed.
+    Raises FetchError("not_a_feed" | "parse") when the document is no feed, FetchError("timeout")
+    when its parsing takes longer than ``job.limit``.
     """
     store = store or _store
     assert store is not None, "init_worker() was not called"
-    identified = identify_feed(job.result, job.max_entries, job.now)
+    deadline = _deadline(job.limit)
+    with _feed_limit(deadline, job.limit):
+        identified = identify_feed(job.result, job.max_entries, job.now)
     parsed = identified.feed
     fresh, known_links = _new_entries(store, job.feed_url, identified.entries)
-    new = prepare_entries(fresh, job.result.final_url)
+    with _feed_limit(deadline, job.limit):
+        new = prepare_entries(fresh, job.result.final_url)
     hints = feed_hints(
         job.result.cache_control,
         parsed.ttl,
@@ -114,48 +129,86 @@ def finish(
     feed_url: str,
     ingested: Ingested,
     pages: dict[str, tuple[ExtractedPage | None, str]],
+    limit: float | None = None,
     store: Store | None = None,
 ) -> tuple[int, int]:
-    """Store the new entries of ``ingested`` merged with their extracted pages."""
+    """Store the new entries of ``ingested`` merged with their extracted pages.
+
+    Raises FetchError("timeout") when merging them takes longer than ``limit`` seconds.
+    """
     store = store or _store
     assert store is not None and ingested.record is not None
     articles = []
-    for item in ingested.new:
-        page, final_url = pages.get(item.key, (None, item.entry.url))
-        articles.append(build_article(feed_url, item, page, final_url))
+    with _feed_limit(_deadline(limit), limit):
+        for item in ingested.new:
+            page, final_url = pages.get(item.key, (None, item.entry.url))
+            articles.append(build_article(feed_url, item, page, final_url))
     return store.store_refresh(feed_url, articles, ingested.record)
 
 
-class _ExtractionTimeout(BaseException):
-    """Raised by SIGALRM inside a stuck extraction; BaseException so no broad except eats it."""
+class _Overran(BaseException):
+    """Raised by SIGALRM in a job past its time limit; BaseException so no broad except eats it."""
 
 
 def _on_alarm(signum: int, frame: object) -> None:
-    raise _ExtractionTimeout
+    raise _Overran
+
+
+def _deadline(limit: float | None) -> float | None:
+    return None if limit is None else time.monotonic() + limit
+
+
+@contextmanager
+def _time_limit(deadline: float | None) -> Iterator[None]:
+    """Raise _Overran in the code inside at ``deadline`` (``time.monotonic()``), at once if it
+    has passed. Only in a worker process's main thread, where SIGALRM is delivered; in a thread
+    (``extract.workers: 0``) the caller's own timeout is the only limit."""
+    if deadline is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _Overran
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, remaining)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def _feed_limit(deadline: float | None, limit: float | None) -> Iterator[None]:
+    """``_time_limit`` for a feed's parsing, which then fails as FetchError("timeout"); one that
+    runs out of the memory a worker may use fails as FetchError("too_large")."""
+    try:
+        with _time_limit(deadline):
+            yield
+    except _Overran:
+        raise FetchError("timeout", f"parsing the feed took longer than {limit:g}s") from None
+    except MemoryError:
+        raise FetchError("too_large", "parsing the feed took more memory than a worker may use") from None
 
 
 def extract(
     body: bytes, url: str, selector: str | None, limit: float, feed_has: tuple[str, ...] = ()
 ) -> ExtractedPage | None:
-    """Extract a page (``extractor.extract_page``), giving up after ``limit`` seconds (the worker
-    then takes the next job).
+    """Extract a page (``extractor.extract_page``), giving up with TimeoutError after ``limit``
+    seconds (the worker then takes the next job).
 
-    The limit is enforced with SIGALRM in a worker process's main thread; in a thread
-    (``extract.workers: 0``) the caller's own timeout is the only limit.
+    Raises ``bounds.Refused`` for a page over the bounds, or one whose extraction took more
+    memory than a worker may use.
     """
     from aggregator.extractor import extract_page  # trafilatura: imported where it is used
 
-    if threading.current_thread() is not threading.main_thread():
-        return extract_page(body, url, selector=selector, feed_has=feed_has)
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, limit)
     try:
-        return extract_page(body, url, selector=selector, feed_has=feed_has)
-    except _ExtractionTimeout:
-        return None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        with _time_limit(time.monotonic() + limit):
+            return extract_page(body, url, selector=selector, feed_has=feed_has)
+    except _Overran:
+        raise TimeoutError(f"the extraction took longer than {limit:g}s") from None
+    except MemoryError:
+        raise Refused("its extraction took more memory than a worker may use") from None
 
 
 def _new_entries(

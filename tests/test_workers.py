@@ -49,6 +49,25 @@ def exit_after(seconds: float) -> None:
     os._exit(3)
 
 
+_HELD: list[bytes] = []
+
+
+def grow(megabytes: int) -> int:
+    """Keep ``megabytes`` more of resident memory (written, so resident) for good."""
+    _HELD.append(b"x" * (megabytes * 2**20))
+    return os.getpid()
+
+
+def finished(label: str, seconds: float) -> tuple[str, float]:
+    time.sleep(seconds)
+    return label, time.monotonic()
+
+
+def labelled(label: str) -> tuple[str, float]:
+    time.sleep(0.1)  # long enough for the pool to send the next job meanwhile
+    return label, time.monotonic()
+
+
 def run(coroutine: Awaitable[T]) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coroutine, 60)
@@ -306,3 +325,91 @@ def test_a_pool_belongs_to_the_event_loop_that_first_ran_a_job() -> None:
             run(pool.run(functools.partial(echo, 2)))  # its sockets belong to the first loop
     finally:
         pool.shutdown()
+
+
+def test_a_worker_grown_past_its_memory_bound_is_replaced_and_no_job_fails() -> None:
+    pool = WorkerPool(1, method="spawn", max_memory=150 * 10**6)  # a bare worker: about 20 MB
+
+    async def go() -> None:
+        first = await pool.run(os.getpid)
+        assert await pool.run(functools.partial(grow, 10)) == first  # under the bound: kept
+        grown = asyncio.ensure_future(pool.run(functools.partial(grow, 200)))
+        behind = asyncio.ensure_future(pool.run(os.getpid))  # in the worker's socket already
+        assert await grown == first  # its outcome comes back, then the worker leaves
+        replacement = await behind  # not failed: it had not started, and ran in the replacement
+        assert replacement != first
+        # Retiring is no death: more in a row than the pool's limit of deaths, and it carries on.
+        pids = [await pool.run(functools.partial(grow, 200)) for _ in range(4)]
+        assert pids[0] == replacement and len(set(pids)) == 4
+        assert await pool.run(os.getpid) not in {first, *pids} and not pool.broken
+        deadline = time.monotonic() + 30
+        while alive(first) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not alive(first)  # reaped, not left a zombie
+
+    drive(pool, go)
+
+
+def test_a_job_past_the_hard_memory_limit_fails_and_its_worker_carries_on() -> None:
+    pool = WorkerPool(1, method="spawn", max_memory=300 * 10**6)  # data may grow by 1.2 GB
+
+    async def go() -> None:
+        first = await pool.run(os.getpid)
+        with pytest.raises(MemoryError):
+            await pool.run(functools.partial(grow, 1300))
+        assert await pool.run(os.getpid) == first
+
+    drive(pool, go)
+
+
+def test_waiting_jobs_go_urgent_first_then_a_group_at_a_time() -> None:
+    pool = WorkerPool(1, method="spawn")
+
+    async def go() -> None:
+        await pool.run(os.getpid)
+        held = [
+            pool.run(functools.partial(echo, ("busy", 0.0), 0.5)),
+            pool.run(functools.partial(labelled, "next")),
+        ]
+        jobs = [asyncio.ensure_future(job) for job in held]
+        await asyncio.sleep(0.1)  # the worker holds both: the rest wait in the pool
+        for label, options in [
+            ("a1", {"group": "a"}),
+            ("a2", {"group": "a"}),
+            ("a3", {"group": "a"}),
+            ("b1", {"group": "b"}),
+            ("u1", {"urgent": True}),
+            ("c1", {}),
+            ("u2", {"urgent": True}),
+        ]:
+            jobs.append(asyncio.ensure_future(pool.run(functools.partial(labelled, label), **options)))
+        done = await asyncio.gather(*jobs[1:])
+        order = [label for label, _ in sorted(done, key=lambda outcome: outcome[1])]
+        # u1 went to the worker as its third job and ran before "next", which had waited in its
+        # socket; then u2; then the groups in turn.
+        assert order == ["u1", "u2", "next", "a1", "b1", "c1", "a2", "a3"]
+        await jobs[0]
+
+    drive(pool, go)
+
+
+def test_an_urgent_jobs_time_and_the_one_it_overtook_count_from_when_each_starts() -> None:
+    pool = WorkerPool(1, method="spawn")
+
+    def job(label: str, seconds: float, **options: Any) -> asyncio.Future[tuple[str, float]]:
+        call = functools.partial(finished, label, seconds)
+        return asyncio.ensure_future(pool.run(call, **options))
+
+    async def go() -> None:
+        first = await pool.run(os.getpid)
+        running = job("running", 0.5)
+        overtaken = job("overtaken", 0.3, timeout=0.6)  # in the worker's socket
+        await asyncio.sleep(0.1)
+        urgent = job("urgent", 0.4, timeout=0.6, urgent=True)
+        done = await asyncio.gather(running, urgent, overtaken)
+        # The urgent job ran second, the overtaken one third, each within its own time though
+        # the overtaken one waited 0.9 s in all: its time started when it did, not before.
+        assert [label for label, _ in sorted(done, key=lambda d: d[1])] == ["running", "urgent", "overtaken"]
+        assert await pool.run(os.getpid) == first  # nobody was killed
+
+    drive(pool, go)
