@@ -26,6 +26,7 @@ from aggregator.bounds import Refused
 from aggregator.config import FeedConfig, Settings
 from aggregator.errors import FetchError, StorageError
 from aggregator.fetcher import PAGE_ACCEPT, Fetcher
+from aggregator.logs import fields
 from aggregator.models import ExtractedPage, FetchResult, RefreshOutcome
 from aggregator.parser import find_feed_links, looks_like_html
 from aggregator.polling import PollLimits, cache_max_age, poll_interval, retry_after
@@ -148,7 +149,7 @@ class Pipeline:
         except FetchError as exc:
             return await self._failed(feed, exc)
         except Exception as exc:  # a bug must not stop the other feeds; it is recorded
-            log.exception("refresh crashed feed=%s", feed.url)
+            log.exception("refresh crashed", extra=fields(feed=feed.url))
             return await self._failed(feed, FetchError("internal", f"{type(exc).__name__}: {exc}"))
 
     async def _refresh(self, feed: FeedConfig, state: FeedState) -> RefreshOutcome:
@@ -169,15 +170,12 @@ class Pipeline:
                 limit = self._feed_limit()
                 added, duplicates = await self._in_worker(finish, feed.url, ingested, pages, limit)
         for warning in ingested.warnings:
-            log.warning("%s feed=%s", warning, feed.url)
+            log.warning(warning, extra=fields(feed=feed.url))
         # A poll that brought nothing new is routine: the pass summary counts it.
         log.log(
             logging.INFO if added else logging.DEBUG,
-            "refreshed feed=%s entries=%d new=%d duplicates=%d",
-            feed.url,
-            ingested.entries,
-            added,
-            duplicates,
+            "refreshed",
+            extra=fields(feed=feed.url, entries=ingested.entries, new=added, duplicates=duplicates),
         )
         return RefreshOutcome(
             feed.url,
@@ -214,7 +212,7 @@ class Pipeline:
             result = await self.fetcher.fetch(links[0], credentials=feed.credentials)
             location = FeedLocation(links[0], "discovered", None, 0)
             ingested = await self._in_worker(ingest, self._job(feed, result, now, location))
-            log.info("discovered feed=%s at=%s", feed.url, links[0])
+            log.info("discovered the feed of a web page", extra=fields(feed=feed.url, at=links[0]))
         return result, ingested
 
     def _job(self, feed: FeedConfig, result: FetchResult, now: datetime, location: FeedLocation) -> FeedJob:
@@ -266,7 +264,7 @@ class Pipeline:
             except StorageError:
                 raise
             except Exception:  # a page no rule foresaw costs its entry the page, not the feed
-                log.exception("page not extracted url=%s", url)
+                log.exception("page not extracted", extra=fields(url=url))
                 return None, url
 
     def _host_pages(self, url: str) -> asyncio.Semaphore:
@@ -284,11 +282,11 @@ class Pipeline:
         try:
             result = await self.fetcher.fetch(url, accept=PAGE_ACCEPT)
         except FetchError as exc:
-            log.info("page not fetched url=%s kind=%s error=%s", url, exc.kind, exc)
+            log.info("page not fetched", extra=fields(url=url, kind=exc.kind, error=str(exc)))
             return None, url
         content_type = result.content_type.lower()
         if content_type and "html" not in content_type:
-            log.info("page is not HTML url=%s content_type=%s", url, content_type)
+            log.info("page is not HTML", extra=fields(url=url, content_type=content_type))
             return None, result.final_url
         limit = self.settings.extract.timeout.total_seconds()
         started = time.monotonic()
@@ -310,16 +308,16 @@ class Pipeline:
             self._struck(host, url)
             return None, result.final_url
         except Refused as exc:
-            log.info("page not extracted url=%s reason=%s", url, exc)
+            log.info("page not extracted", extra=fields(url=url, reason=str(exc)))
             metrics.count("aggregator_extractions_total", result="refused")
             return None, result.final_url
         except TimeoutError:
-            log.warning("extraction timed out url=%s limit=%ss", url, limit)
+            log.warning("extraction timed out", extra=fields(url=url, limit=timedelta(seconds=limit)))
             metrics.count("aggregator_extractions_total", result="timeout")
             self._strike(host)
             return None, result.final_url
         except BrokenProcessPool:
-            log.warning("extraction killed its worker process twice url=%s", url)
+            log.warning("extraction killed its worker process twice", extra=fields(url=url))
             metrics.count("aggregator_extractions_total", result="crashed")
             self._strike(host)
             return None, result.final_url
@@ -327,7 +325,7 @@ class Pipeline:
             metrics.count("aggregator_extraction_seconds_total", time.monotonic() - started)
         metrics.count("aggregator_extractions_total", result="page" if page else "none")
         if page is None:
-            log.info("no article text extracted url=%s", url)
+            log.info("no article text extracted", extra=fields(url=url))
         return page, result.final_url
 
     async def _extract(self, host: str, *args: Any, timeout: float, group: str) -> ExtractedPage | None:
@@ -349,14 +347,14 @@ class Pipeline:
         """Whether ``host``'s pages time out too often this pass to be tried (STRIKES)."""
         if self._strikes.get(host, 0) < STRIKES:
             return False
-        log.debug("page not extracted url=%s reason=its host's pages timed out", url)
+        log.debug("page not extracted", extra=fields(url=url, reason="its host's pages timed out"))
         metrics.count("aggregator_extractions_total", result="skipped")
         return True
 
     def _strike(self, host: str) -> None:
         self._strikes[host] = self._strikes.get(host, 0) + 1
         if self._strikes[host] == STRIKES:
-            log.warning("no more extractions this pass host=%s timeouts=%d", host, STRIKES)
+            log.warning("no more extractions this pass", extra=fields(host=host, timeouts=STRIKES))
 
     async def _not_modified(
         self, feed: FeedConfig, state: FeedState, result: FetchResult, location: FeedLocation
@@ -372,7 +370,7 @@ class Pipeline:
         self._unchanged.append(NotModified(feed.url, now, now + interval, location))
         if len(self._unchanged) >= 500:
             await self._record_unchanged()
-        log.debug("not modified feed=%s", feed.url)
+        log.debug("not modified", extra=fields(feed=feed.url))
         return RefreshOutcome(feed.url, ok=True, status=304, not_modified=True)
 
     async def _in_worker(self, function: Callable[..., T], *args: Any) -> T:
@@ -469,7 +467,7 @@ class Pipeline:
         message = str(exc)
         if exc.status == 410:
             await asyncio.to_thread(self.store.record_gone, feed.url, now=now, message=message)
-            log.warning("feed is gone (410): no longer polled feed=%s", feed.url)
+            log.warning("feed is gone (410): no longer polled", extra=fields(feed=feed.url))
             return RefreshOutcome(feed.url, ok=False, status=410, error_kind="gone", error=message)
         state = await asyncio.to_thread(self.store.feed_state, feed.url)
         cap = self.settings.fetch.max_backoff
@@ -486,13 +484,17 @@ class Pipeline:
             now=now,
             next_fetch=now + delay,
         )
+        # Each thing once: the status is in an HTTP error's message already.
+        shown = message.removeprefix(f"HTTP {exc.status}").strip() if exc.status else message
         log.warning(
-            "fetch failed feed=%s kind=%s status=%s retry_in=%s error=%s",
-            feed.url,
-            exc.kind,
-            exc.status,
-            delay,
-            message,
+            "fetch failed",
+            extra=fields(
+                feed=feed.url,
+                kind=None if exc.kind == "http" else exc.kind,
+                status=exc.status,
+                retry_in=delay,
+                error=shown or None,
+            ),
         )
         return RefreshOutcome(feed.url, ok=False, status=exc.status, error_kind=exc.kind, error=message)
 
@@ -528,7 +530,7 @@ def start_workers(settings: Settings, *, fork: bool = False) -> WorkerPool | Non
         initargs=(settings.database_url,),
         max_memory=settings.extract.max_worker_memory,
     )
-    log.debug("started worker processes=%d method=%s", count, method)
+    log.debug("started worker processes", extra=fields(processes=count, method=method))
     return pool
 
 
@@ -564,6 +566,6 @@ def _follow_moves(state: FeedState, result: FetchResult) -> FeedLocation:
         return FeedLocation(fetch_url, reason, None, 0)
     count = state.moved_count + 1 if target == state.moved_to else 1
     if count >= MOVE_AFTER:
-        log.warning("feed moved permanently feed=%s to=%s", result.url, target)
+        log.warning("feed moved permanently", extra=fields(feed=result.url, to=target))
         return FeedLocation(target, "moved", None, 0)
     return FeedLocation(fetch_url, reason, target, count)

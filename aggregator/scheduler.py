@@ -139,10 +139,12 @@ class Service:
     async def _serve(self, store: Store, pipeline: Pipeline) -> None:
         settings = self.settings
         log.info(
-            "service starting feeds=%d digests=%s database=%s",
-            len(settings.feeds),
-            "; ".join(f"{d.name} {d.schedule_label}" for d in settings.all_digests),
-            _safe_db(settings.database_url),
+            "service starting",
+            extra=fields(
+                feeds=len(settings.feeds),
+                digests="; ".join(f"{d.name} {d.schedule_label}" for d in settings.all_digests),
+                database=_safe_db(settings.database_url),
+            ),
         )
         released = await asyncio.to_thread(store.release_claims, self._is_dead_owner)
         if released:

@@ -367,3 +367,29 @@ def test_digest_send_says_it_delivered_a_run_held_back(
     assert "delivered the digest held back on" in out and "(1 story)" in out and "127.0.0.1" in out
     assert out.rstrip().endswith("nothing new to send")
     assert len(sink.envelopes) == 1
+
+
+def test_json_logs_carry_their_facts_as_keys(
+    httpserver: HTTPServer, write_config: ConfigWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    httpserver.expect_request("/ok").respond_with_data(
+        _rss("Fine", [("A story", "/a/1")]), content_type="application/rss+xml"
+    )
+    httpserver.expect_request("/missing").respond_with_data("gone", status=404)
+    config = write_config(
+        feeds=[{"url": httpserver.url_for("/ok")}, {"url": httpserver.url_for("/missing")}],
+        extract={"enabled": False},
+    )
+    assert main(["fetch", "--config", str(config), "--log-format", "json", "--log-level", "info"]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    failed = next(line for line in lines if line["message"] == "fetch failed")
+    assert failed["feed"] == httpserver.url_for("/missing") and failed["status"] == 404
+    assert isinstance(failed["retry_in"], float) and 1500 < failed["retry_in"] < 2100  # seconds
+    assert "404" not in failed["error"]  # said once, as the status
+    refreshed = next(line for line in lines if line["message"] == "refreshed")
+    assert refreshed["feed"] == httpserver.url_for("/ok") and refreshed["new"] == 1
+    # the text form reads the same facts as key=value, durations in seconds
+    assert main(["fetch", "--config", str(config), "--log-level", "info"]) == 0
+    text = capsys.readouterr().err
+    assert re.search(r"fetch failed feed=\S+/missing status=404 retry_in=\d+(\.\d+)?s error=", text), text
