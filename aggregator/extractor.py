@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
@@ -30,20 +29,20 @@ import lxml.html
 from lxml import etree
 
 from aggregator import bounds
+from aggregator.internals.trafilatura import (
+    DEFAULT_CONFIG,
+    decode_file,
+    is_dubious_html,
+    is_image_file,
+    repair_faulty_html,
+    trafilatura,
+    xmltotxt,
+)
 from aggregator.logs import fields
 from aggregator.models import ExtractedPage
 from aggregator.page_meta import page_metadata, restore_initials
 from aggregator.sanitize import clean_html, https_url, text_to_html
 from aggregator.words import find_words
-
-# trafilatura's downloader imports urllib3's SOCKS support, which warns when PySocks is absent;
-# we never download through trafilatura, so that warning is only noise on a user's stderr.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
-    import trafilatura
-    from trafilatura.settings import DEFAULT_CONFIG
-    from trafilatura.utils import decode_file, is_dubious_html, is_image_file, repair_faulty_html
-    from trafilatura.xml import xmltotxt
 
 log = logging.getLogger(__name__)
 
@@ -637,7 +636,7 @@ def _render_html(
     body = getattr(document, "body", None)
     if body is not None and len(body):
         try:
-            from trafilatura.htmlprocessing import convert_to_html
+            from aggregator.internals.trafilatura import convert_to_html
 
             tree = convert_to_html(body)
             content = tree.find("body")

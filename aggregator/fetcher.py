@@ -9,7 +9,6 @@ connection (rebinding), and every redirect hop is checked the same way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import select
 import socket
 import ssl
@@ -26,6 +25,7 @@ from aggregator.addresses import is_public_address as is_public_address
 from aggregator.config import FetchSettings
 from aggregator.credentials import Credentials
 from aggregator.errors import BlockedAddressError, FetchError
+from aggregator.internals.network import import_asyncio_backend, transport_with_backend
 from aggregator.models import FetchResult
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -194,17 +194,6 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
         return None
 
 
-def _import_anyio_backend() -> None:
-    """httpcore's locks are anyio's, and anyio imports its asyncio backend (27 modules, 0.1-0.15 s
-    of CPU) on first use: inside the first request, which waited for it, in the middle of a pass.
-    Imported with the Fetcher, it is part of the start-up; not with the module, which
-    ``aggregator fetch`` imports before it forks its workers (each would count its 1.3 MB in
-    the process tree's RSS). A private module: should anyio move it, the first request imports
-    it again, as before."""
-    with contextlib.suppress(ImportError):
-        import anyio._backends._asyncio  # noqa: F401
-
-
 def _readable(sock: socket.socket | None) -> bool:
     """Whether ``sock`` has data or EOF waiting (an idle keep-alive connection: the server closed
     it); a closed socket counts as readable, so the pool drops it."""
@@ -236,7 +225,9 @@ class Fetcher:
                 (lambda _address: True) if settings.allow_private_networks else is_public_address
             )
         self.settings = settings
-        _import_anyio_backend()
+        # httpcore's locks import anyio's asyncio backend on first use: inside the first request,
+        # which waited for it (0.1-0.15 s), unless it is imported with the Fetcher.
+        import_asyncio_backend()
         timeout = settings.timeout.total_seconds()
         # httpcore scans every pooled connection against every other on each request event
         # (O(n²) in the pool's size): a few small pools, used in turn, cost far less than one
@@ -271,18 +262,8 @@ class Fetcher:
         ssl_context: ssl.SSLContext,
         backend: httpcore.AsyncNetworkBackend,
     ) -> httpx.AsyncClient:
-        # verify=ssl_context: otherwise each transport loads the CA bundle again, only to be
-        # replaced by our pool below.
-        transport = httpx.AsyncHTTPTransport(verify=ssl_context, trust_env=False)
-        # httpx has no public hook for the network backend; the pool is rebuilt with ours.
-        transport._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=size,
-            max_keepalive_connections=size,
-            network_backend=backend,
-        )
         return httpx.AsyncClient(
-            transport=transport,
+            transport=transport_with_backend(ssl_context, size, backend),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             follow_redirects=False,
             headers={"User-Agent": settings.user_agent},

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import re
-import warnings
 from collections.abc import Callable
 from copy import deepcopy
 
 import lxml.html
+from courlan import extract_domain
+from htmldate import find_date
 from lxml import etree
 
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="SOCKS support in urllib3")
-    from courlan import extract_domain
-    from htmldate import find_date
-    from trafilatura import metadata as _meta
-    from trafilatura.htmlprocessing import prune_unwanted_nodes
-    from trafilatura.json_metadata import normalize_authors
-    from trafilatura.settings import Document, set_date_params
-    from trafilatura.xpaths import AUTHOR_DISCARD_XPATHS
+from aggregator.internals.trafilatura import (
+    AUTHOR_DISCARD_XPATHS,
+    Document,
+    normalize_authors,
+    prune_unwanted_nodes,
+    set_date_params,
+)
+from aggregator.internals.trafilatura import metadata as _meta
 
 # The fields ExtractedPage takes from the page; the test compares exactly these.
 FIELDS = ("title", "author", "date", "url", "sitename", "language", "image")

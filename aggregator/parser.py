@@ -19,6 +19,7 @@ from lxml import etree
 
 from aggregator.controls import clean_text
 from aggregator.errors import FetchError
+from aggregator.internals.feeds import loose_date
 from aggregator.links import safe_link
 from aggregator.models import FetchResult, ParsedEntry, ParsedFeed
 from aggregator.sanitize import html_to_text
@@ -335,15 +336,7 @@ def _rss_date(value: str | None) -> datetime | None:
             return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
     except (TypeError, ValueError, IndexError, OverflowError):
         pass
-    return _rfc3339(value) or _date(_feedparser_date(value))
-
-
-def _feedparser_date(value: str) -> time.struct_time | None:
-    # feedparser knows dozens of broken date formats seen in the wild; ask it last.
-    try:
-        return feedparser.datetimes._parse_date(value)  # type: ignore[attr-defined, no-any-return]
-    except (AttributeError, ValueError, TypeError, OverflowError):
-        return None
+    return _rfc3339(value) or _date(loose_date(value))  # feedparser's many formats, last
 
 
 def _strip(value: str | None) -> str | None:
