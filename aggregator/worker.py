@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from aggregator.database import create_db_engine
-from aggregator.models import ExtractedPage, FetchResult
+from aggregator.models import ExtractedPage, FeedLocation, FetchRecord, FetchResult
 from aggregator.polling import PollLimits, feed_hints, poll_interval, skip_to_allowed
 from aggregator.prepare import IdentifiedEntry, PreparedEntry, build_article, identify_feed, prepare_entries
-from aggregator.store import FeedLocation, FetchRecord, Store
+from aggregator.store import Store
 
 _store: Store | None = None  # this worker process's own connection (see init_worker)
 

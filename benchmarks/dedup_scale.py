@@ -58,9 +58,9 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from aggregator import dedup
-from aggregator.models import NewArticle
+from aggregator.models import FetchRecord, NewArticle
 from aggregator.schema import Article, ArticleBand, Feed
-from aggregator.store import FetchRecord, RecentIndex, Store, _stored_near_duplicates
+from aggregator.store import RecentIndex, Store, _stored_near_duplicates
 
 SIZES = (10_000, 100_000, 1_000_000)
 VOCABULARY = 30_000

@@ -17,13 +17,11 @@ from aggregator.database import create_db_engine, migrate
 from aggregator.dedup import BANDS, text_profile, url_key
 from aggregator.digest import build_digest
 from aggregator.errors import StorageError
-from aggregator.models import NewArticle
+from aggregator.models import FetchRecord, NewArticle, Seen
 from aggregator.schema import Article, ArticleBand, Base, Feed, RecentBands
 from aggregator.store import (
-    FetchRecord,
     IndexProbe,
     RecentIndex,
-    Seen,
     Store,
     _add_band_keys,
     _ranked,
