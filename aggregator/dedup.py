@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from itertools import chain
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from aggregator.models import ParsedEntry
@@ -31,6 +31,7 @@ from aggregator.words import find_words
 
 if TYPE_CHECKING:
     import numpy as np
+    from numpy.typing import NDArray
 
 # numpy and courlan are imported when first used (_hashing, canonical_url): together they were a
 # third of a second of every command's start-up, and the service's own process of a refresh with
@@ -349,7 +350,7 @@ def _signatures(texts: Sequence[list[int]], size: int = SHINGLE_WORDS) -> np.nda
     shingles fit a chunk."""
     h = _hashing()
     np = h.np
-    rows = np.empty((len(texts), PERMUTATIONS), dtype=np.uint64)
+    rows: NDArray[Any] = np.empty((len(texts), PERMUTATIONS), dtype=np.uint64)
     start = 0
     while start < len(texts):
         # Texts [start, stop) whose shingles fit _CHUNK (one long text alone is chunked below).
@@ -394,7 +395,8 @@ def _minima(hashes: np.ndarray) -> np.ndarray:
         values = h.a[:, None] * hashes[None, start : start + _CHUNK]
         values += h.b[:, None]
         np.minimum(minima, values.min(axis=1), out=minima)
-    return minima >> h.shift  # the high 32 bits of the least: the least of the high 32 bits
+    least: NDArray[Any] = minima >> h.shift  # the high 32 bits of the least: the least of the high 32 bits
+    return least
 
 
 def band_keys(signature: Sequence[int]) -> tuple[int, ...]:
@@ -418,7 +420,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
     s1, m1, s2, m2, s3 = _hashing().mix
     x = (x ^ (x >> s1)) * m1
     x = (x ^ (x >> s2)) * m2
-    return x ^ (x >> s3)
+    mixed: NDArray[Any] = x ^ (x >> s3)
+    return mixed
 
 
 def containment(a: frozenset[str], b: frozenset[str]) -> float:
