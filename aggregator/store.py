@@ -12,12 +12,10 @@ import json
 import os
 import struct
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import repeat
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
@@ -45,14 +43,14 @@ from sqlalchemy.sql.expression import Executable
 from aggregator.controls import clean_text
 from aggregator.database import create_db_engine, has_schema, migrate, redact
 from aggregator.dedup import (
-    MIN_WORDS_FOR_TEXT_MATCH,
-    LeadKey,
+    Candidate,
+    Incoming,
+    StoredCopies,
+    StoryCopy,
     TextProfile,
-    lead_order,
-    normalise_words,
-    shingles,
-    site_of,
-    tells_one_story,
+    choose_representatives,
+    rank_candidates,
+    story_leads,
     text_profiles,
     url_key,
 )
@@ -74,9 +72,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 T = TypeVar("T")
-# Near-duplicate candidates verified per new article at most: those sharing the most band keys.
-# It bounds the work when a band key is common (a story carried by many outlets, boilerplate).
-MAX_CANDIDATES = 8
 # Recent articles' band keys are merged into the band index when the article ids cross a multiple
 # of this (about half a million keys; each process holds them in memory, 8 MB): see
 # schema.RecentBands and RecentIndex.
@@ -359,7 +354,8 @@ class Store:
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INSERT_LOCK})
         if profiles is None:
             profiles = text_profiles([a.text for a in articles])
-        keys = {_url_key(a) for a in articles}
+        url_keys = [_url_key(a) for a in articles]
+        keys = set(url_keys)
         hashes = {a.content_hash for a in articles if a.content_hash}
         entry_keys = {a.entry_key for a in articles}
         by_url: dict[str, int] = {}
@@ -383,83 +379,47 @@ class Store:
                 by_hash.setdefault(digest, root)
             if owner == feed_id and entry in entry_keys:
                 present.add(entry)
-        batch: list[tuple[NewArticle, TextProfile | None]] = []
-        for article, profile in zip(articles, profiles, strict=True):
+        batch: list[NewArticle] = []
+        incoming: list[Incoming] = []
+        for article, key, profile in zip(articles, url_keys, profiles, strict=True):
             if article.entry_key not in present:
                 present.add(article.entry_key)
-                batch.append((article, profile))
+                batch.append(article)
+                incoming.append(Incoming(key, article.content_hash, article.url, profile))
         if not batch:
             return 0, 0
-        stored = [
-            by_url.get(_url_key(a)) or (by_hash.get(a.content_hash) if a.content_hash else None)
-            for a, _ in batch
-        ]
+        stored = StoredCopies(by_url, by_hash)
         # Near-duplicate text is looked for only when neither the URL nor the exact text matched.
-        unmatched = [
-            profile if rep is None else None for (_, profile), rep in zip(batch, stored, strict=True)
+        unmatched = [item.profile if stored.representative(item) is None else None for item in incoming]
+        candidates = _stored_candidates(session, unmatched, self._recent, probe)
+        decision = choose_representatives(incoming, stored, candidates, feed_id)
+        values = [
+            {
+                "feed_id": feed_id,
+                "entry_key": article.entry_key,
+                "url": article.url,
+                "url_key": item.url_key,
+                # Most entries' link is the article's URL: the index holds only links that differ.
+                "link_key": article.link_key if article.link_key != item.url_key else None,
+                "title": article.title,
+                "author": article.author,
+                "published": article.published,
+                "first_seen": now,
+                "summary": article.summary,
+                "text": article.text,
+                "html": article.html,
+                "extraction": article.extraction,
+                "content_hash": article.content_hash,
+                "duplicate_of": representative,
+            }
+            for article, item, representative in zip(batch, incoming, decision.representatives, strict=True)
         ]
-        urls = [a.url for a, _ in batch]
-        near = _stored_near_duplicates(session, unmatched, self._recent, probe, feed_id, urls)
-        # A copy within this batch points where the first copy it matches points: at a stored
-        # article, or at an article of the batch (known once it has an id).
-        first_by_url: dict[str, int] = {}
-        first_by_hash: dict[str, int] = {}
-        # band key -> the position in batch that stores it, or the positions when several do
-        by_band: dict[int, int | list[int]] = {}
-        representatives: list[int | None] = []
-        twins: dict[int, int] = {}  # position in batch -> position of its first copy
-        banded: dict[int, TextProfile] = {}  # position -> its profile, when its band keys are stored
-        values: list[dict[str, object]] = []
-        duplicates = 0
-        for position, (article, profile) in enumerate(batch):
-            key = _url_key(article)
-            digest = article.content_hash
-            representative = stored[position] or near[position]
-            if representative is None:
-                earlier = first_by_url.get(key)
-                if earlier is None and digest:
-                    earlier = first_by_hash.get(digest)
-                if earlier is None and profile is not None:
-                    earlier = _batch_near_duplicate(profile, by_band, banded, representatives, twins)
-                if earlier is not None:
-                    representative = representatives[earlier]
-                    if representative is None:
-                        twins[position] = twins.get(earlier, earlier)
-            exact_copy = digest is not None and (digest in by_hash or digest in first_by_hash)
-            first_by_url.setdefault(key, position)
-            if digest:
-                first_by_hash.setdefault(digest, position)
-            if profile is not None and not exact_copy:  # an exact copy's keys are stored already
-                banded[position] = profile
-                _add_band_keys(by_band, profile.band_keys, position)
-            representatives.append(representative)
-            duplicates += representative is not None or position in twins
-            values.append(
-                {
-                    "feed_id": feed_id,
-                    "entry_key": article.entry_key,
-                    "url": article.url,
-                    "url_key": key,
-                    # Most entries' link is the article's URL: the index holds only links that differ.
-                    "link_key": article.link_key if article.link_key != key else None,
-                    "title": article.title,
-                    "author": article.author,
-                    "published": article.published,
-                    "first_seen": now,
-                    "summary": article.summary,
-                    "text": article.text,
-                    "html": article.html,
-                    "extraction": article.extraction,
-                    "content_hash": digest,
-                    "duplicate_of": representative,
-                }
-            )
         # On the driver, through executemany (_DriverQuery): the ORM's bulk path, and Core's
         # processing of each row's parameters, cost more than the insert itself here.
         connection = session.connection()
         _ARTICLE_INSERT.execute_many(connection, values)
-        if not twins and not banded:
-            return len(values), duplicates
+        if not decision.twins and not decision.banded:
+            return len(values), decision.duplicates
         # The ids by the (feed, entry) key that is unique: one query, where INSERT … RETURNING
         # with the rows' order kept runs one statement per row on SQLite.
         keyed = dict(
@@ -467,13 +427,13 @@ class Store:
         )
         ids = [keyed[v["entry_key"]] for v in values]
         copies: dict[int, list[int]] = {}
-        for position, twin in twins.items():
+        for position, twin in decision.twins.items():
             copies.setdefault(twin, []).append(ids[position])
         for twin, copy_ids in copies.items():
             session.execute(update(Article).where(Article.id.in_(copy_ids)).values(duplicate_of=ids[twin]))
         recent = [
-            (ids[position], pack_keys(dict.fromkeys(profile.band_keys)))
-            for position, profile in banded.items()
+            (ids[position], pack_keys(dict.fromkeys(incoming[position].profile.band_keys)))  # type: ignore[union-attr]
+            for position in decision.banded
         ]
         if recent:
             # One row an article, through the driver's executemany: SQLAlchemy's per-row
@@ -485,7 +445,7 @@ class Store:
             )
         if (ids[0] - 1) // MERGE_EVERY != ids[-1] // MERGE_EVERY:
             _merge_recent_bands(session)
-        return len(values), duplicates
+        return len(values), decision.duplicates
 
     def _probe_index(self, profiles: Sequence[TextProfile | None]) -> IndexProbe | None:
         """Look the band keys of ``profiles`` up in the band index, outside the writers' lock; bring
@@ -905,20 +865,6 @@ def _url_key(article: NewArticle) -> str:
     return article.url_key or url_key(article.url)
 
 
-def _ranked(band_keys: Iterable[int], hits: Mapping[int, int | list[int]]) -> list[int]:
-    """Return the ids (or positions) sharing a band key: most keys shared first, then earliest;
-    at most MAX_CANDIDATES. ``hits`` holds an id, or a list of them, for each key."""
-    counts: Counter[int] = Counter()
-    for key in band_keys:
-        held = hits.get(key)
-        if isinstance(held, int):
-            counts[held] += 1
-        elif held:
-            counts.update(held)
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return [article for article, _ in ranked[:MAX_CANDIDATES]]
-
-
 def _marker(connection: Connection) -> str:
     """The driver's placeholder, for statements handed to its executemany."""
     return "?" if connection.dialect.paramstyle == "qmark" else "%s"
@@ -1074,22 +1020,17 @@ def _index_hits(connection: Connection, wanted: list[int]) -> dict[int, list[int
     return hits
 
 
-def _stored_near_duplicates(
+def _stored_candidates(
     session: Session,
     profiles: Sequence[TextProfile | None],
     recent: RecentIndex | None = None,
     probe: IndexProbe | None = None,
-    feed_id: int | None = None,
-    urls: Sequence[str] | None = None,
-) -> list[int | None]:
-    """Return, for each profile, the earliest representative among the stored articles whose
-    text it nearly duplicates (None: none, or no profile); the band keys of the whole batch
+) -> list[list[Candidate]]:
+    """Return, for each profile, the stored articles sharing its band keys (ranked, as
+    ``dedup.rank_candidates`` ranks them) with their texts: the band keys of the whole batch
     looked up in the index (``probe``, unless a merge came since) and among the recent articles
-    in memory, then one query for the candidates' texts.
-
-    A candidate of the same feed (``feed_id``) or site (that of ``urls``, each profile's article
-    URL) must tell the story beyond their shared template (``dedup.tells_one_story``)."""
-    found: list[int | None] = [None] * len(profiles)
+    in memory, then one query for the candidates' texts."""
+    found: list[list[Candidate]] = [[] for _ in profiles]
     if probe is not None and probe.wanted is not None and probe.profiled == _profiled(profiles):
         wanted = probe.wanted
     else:
@@ -1110,40 +1051,16 @@ def _stored_near_duplicates(
             recent.hits(wanted, hits)
     if not hits:
         return found
-    candidates = [_ranked(profile.band_keys, hits) if profile else [] for profile in profiles]
-    # id -> (its representative, its text, its feed, its URL)
-    stored: dict[int, tuple[int, str, int, str]] = {}
-    ids = sorted({c for ranked in candidates for c in ranked})
+    ranked = [rank_candidates(profile.band_keys, hits) if profile else [] for profile in profiles]
+    ids = sorted({c for each in ranked for c in each})
     postgresql = connection.dialect.name == "postgresql"
-    for article_id, duplicate_of, body, owner, url in connection.execute(
-        _CANDIDATE_TEXTS[postgresql], {"ids": _one_value(ids, postgresql)}
-    ):
-        stored[article_id] = (duplicate_of or article_id, body, owner, url)
-    shingled: dict[int, tuple[tuple[str, ...], frozenset[str]] | None] = {}
-    for index, (profile, ranked) in enumerate(zip(profiles, candidates, strict=True)):
-        best: int | None = None
-        site = site_of(urls[index]) if urls is not None and ranked else ""
-        for candidate in ranked:
-            if candidate not in stored or profile is None:
-                continue
-            root, body, owner, url = stored[candidate]
-            # Copies of a story share its root: a candidate whose root cannot lower the one found
-            # need not be verified (shingling a stored text is most of the lookup's CPU).
-            if best is not None and root >= best:
-                continue
-            if candidate not in shingled:
-                words = normalise_words(body)
-                shingled[candidate] = (
-                    (words, shingles(words)) if len(words) >= MIN_WORDS_FOR_TEXT_MATCH else None
-                )
-            theirs = shingled[candidate]
-            if theirs is None:
-                continue
-            same_site = owner == feed_id or (bool(site) and site_of(url) == site)
-            if tells_one_story(profile.words, profile.shingles, *theirs, same_site=same_site):
-                best = root
-        found[index] = best
-    return found
+    stored = {
+        article_id: Candidate(article_id, duplicate_of or article_id, owner, url, body)
+        for article_id, duplicate_of, body, owner, url in connection.execute(
+            _CANDIDATE_TEXTS[postgresql], {"ids": _one_value(ids, postgresql)}
+        )
+    }
+    return [[stored[c] for c in each if c in stored] for each in ranked]
 
 
 def _probed_hits(
@@ -1244,7 +1161,7 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
         Article.feed_id == feed_id, Article.first_seen == now, Article.duplicate_of.is_not(None)
     )
     roots = sorted(set(connection.scalars(joined)))
-    stories: dict[int, list[tuple[datetime | None, datetime, int]]] = {}
+    stories: dict[int, list[StoryCopy]] = {}
     for chunk in _chunks(roots):
         rows = connection.execute(
             select(Article.id, Article.duplicate_of, Article.published, Article.first_seen).where(
@@ -1253,14 +1170,10 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
         )
         for article_id, duplicate_of, published, first_seen in rows:
             stories.setdefault(duplicate_of or article_id, []).append((published, first_seen, article_id))
-    members: dict[int, list[tuple[LeadKey, int]]] = {}
-    for root, copies in stories.items():
-        seen = min(first_seen for _, first_seen, _ in copies)
-        members[root] = [(lead_order(*copy, seen), copy[2]) for copy in copies]
-    moves = {root: min(copies)[1] for root, copies in members.items() if min(copies)[1] != root}
+    moves = story_leads(stories)
     if not moves:
         return
-    moved_ids = [article_id for root in moves for _, article_id in members[root]]
+    moved_ids = [article_id for root in moves for _, _, article_id in stories[root]]
     included: set[int] = set()
     for chunk in _chunks(moved_ids):
         included.update(
@@ -1274,58 +1187,11 @@ def _lead_with_earliest_published(session: Session, feed_id: int, now: datetime)
     leads = [
         {"root": root, "lead": lead}
         for root, lead in moves.items()
-        if not any(article_id in included for _, article_id in members[root])
+        if not any(article_id in included for _, _, article_id in stories[root])
     ]
     if leads:
         connection.execute(_POINT_AT_LEAD, leads)
         connection.execute(_LEAD_STANDS_ALONE, leads)
-
-
-def _add_band_keys(by_band: dict[int, int | list[int]], keys: Sequence[int], holder: int) -> None:
-    """Record that ``holder`` (an article id, or a position in a batch) has ``keys``: each key maps
-    to its one holder, or to a list when several have it. A key another article holds is rare
-    (the two tell one story), so the dict's own update, in C, does the rest; keys that repeat
-    count each time, as ``_ranked`` expects."""
-    held = {key: by_band[key] for key in by_band.keys() & keys}
-    if len(set(keys)) != len(keys):
-        for key in keys:
-            earlier = held.get(key, by_band.get(key))
-            held[key] = by_band[key] = _with(earlier, holder)
-        return
-    by_band.update(zip(keys, repeat(holder)))
-    for key, earlier in held.items():
-        by_band[key] = _with(earlier, holder)
-
-
-def _with(earlier: int | list[int] | None, holder: int) -> int | list[int]:
-    if earlier is None:
-        return holder
-    return [*earlier, holder] if isinstance(earlier, list) else [earlier, holder]
-
-
-def _batch_near_duplicate(
-    profile: TextProfile,
-    by_band: dict[int, int | list[int]],
-    banded: dict[int, TextProfile],
-    representatives: Sequence[int | None],
-    twins: dict[int, int],
-) -> int | None:
-    """Return the position of the earlier article of the batch whose text ``profile`` nearly
-    duplicates and whose story came first (a stored representative before a new one). The
-    batch is one feed's: the texts must tell the story beyond their shared template
-    (``dedup.tells_one_story``)."""
-    if by_band.keys().isdisjoint(profile.band_keys):  # most articles: nothing to rank
-        return None
-    best: tuple[int, int, int] | None = None  # (stored? 0 : 1, id or root position, position)
-    for position in _ranked(profile.band_keys, by_band):
-        other = banded[position]
-        if not tells_one_story(profile.words, profile.shingles, other.words, other.shingles, same_site=True):
-            continue
-        representative = representatives[position]
-        root = twins.get(position, position)
-        order = (0, representative, position) if representative else (1, root, position)
-        best = order if best is None else min(best, order)
-    return None if best is None else best[2]
 
 
 def _in_one_value(column: ColumnElement[int], name: str, postgresql: bool) -> ColumnElement[bool]:

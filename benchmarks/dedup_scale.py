@@ -60,7 +60,7 @@ from sqlalchemy.orm import Session
 from aggregator import dedup
 from aggregator.models import FetchRecord, NewArticle
 from aggregator.schema import Article, ArticleBand, Feed
-from aggregator.store import RecentIndex, Store, _stored_near_duplicates
+from aggregator.store import RecentIndex, Store, _stored_candidates
 
 SIZES = (10_000, 100_000, 1_000_000)
 VOCABULARY = 30_000
@@ -320,15 +320,21 @@ def measure(store: Store, database: str, size: int, probes: int, corpus: Corpus,
     # The process's copy of the recent band keys, as a refresh has it: caught up once (here, in
     # the warm-up), not read afresh by every lookup, as a lookup without one does.
     recent = RecentIndex()
+
+    def lookup(profile: dedup.TextProfile | None) -> int | None:
+        """The stored story ``profile`` nearly duplicates: the candidates read, then verified."""
+        (candidates,) = _stored_candidates(session, [profile], recent)
+        return dedup.nearest_stored(profile, "", candidates) if profile else None
+
     with Session(store.engine) as session:
-        _stored_near_duplicates(session, [dedup.text_profile(cases[0][0])], recent)  # warm-up
+        lookup(dedup.text_profile(cases[0][0]))  # warm-up
         for body, is_copy in cases:
             profile = dedup.text_profile(body)
             # The refresh looks up inside its write transaction, on a connection it holds: the
             # checkout (PostgreSQL's pre-ping) and BEGIN, a round trip each, are not the lookup's.
             session.execute(text("SELECT 1"))
             started, cpu = time.perf_counter(), time.thread_time()
-            (representative,) = _stored_near_duplicates(session, [profile], recent)
+            representative = lookup(profile)
             timings.append(1000 * (time.perf_counter() - started))
             cpu_times.append(1000 * (time.thread_time() - cpu))
             found += is_copy and representative is not None

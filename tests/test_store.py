@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from aggregator.config import DigestSettings, FeedConfig
 from aggregator.database import create_db_engine, migrate
-from aggregator.dedup import BANDS, text_profile, url_key
+from aggregator.dedup import BANDS, add_band_keys, nearest_stored, text_profile, url_key
 from aggregator.digest import build_digest
 from aggregator.errors import StorageError
 from aggregator.models import FetchRecord, NewArticle, Seen
@@ -23,9 +23,7 @@ from aggregator.store import (
     IndexProbe,
     RecentIndex,
     Store,
-    _add_band_keys,
-    _ranked,
-    _stored_near_duplicates,
+    _stored_candidates,
     pack_keys,
     unpack_keys,
 )
@@ -320,24 +318,6 @@ def test_recent_band_keys_are_merged_and_found_in_both_places(
     assert seen["b1"] == seen["a1#id"] and seen["b2"] == seen["a5#id"]
 
 
-def test_a_batchs_band_keys_rank_as_lists_of_positions_would() -> None:
-    """``_add_band_keys`` keeps one position per key where it can; ``_ranked`` ranks the same."""
-    import random
-
-    rng = random.Random(3)
-    pool = list(range(40))  # few keys, so that articles share them, and some repeat one
-    by_band: dict[int, object] = {}
-    lists: dict[int, list[int]] = {}
-    for position in range(60):
-        keys = tuple(rng.choice(pool) for _ in range(rng.randint(1, 6)))
-        query = tuple(rng.choice(pool) for _ in range(6))
-        assert _ranked(query, by_band) == _ranked(query, lists)  # type: ignore[arg-type]
-        _add_band_keys(by_band, keys, position)  # type: ignore[arg-type]
-        for key in keys:
-            lists.setdefault(key, []).append(position)
-    assert {key: [held] if isinstance(held, int) else held for key, held in by_band.items()} == lists
-
-
 def test_recent_rows_in_runs_are_found_as_in_a_dict() -> None:
     """``RecentIndex`` keeps the rows it takes in as sorted runs, merging them as they grow: a
     lookup finds for each key the articles a dict of every row's keys gives, keys shared by
@@ -355,7 +335,7 @@ def test_recent_rows_in_runs_are_found_as_in_a_dict() -> None:
                 article_id += 1
                 keys = list(dict.fromkeys(rng.choice(pool) for _ in range(8)))
                 rows.append((article_id, pack_keys(keys)))
-                _add_band_keys(expected, tuple(keys), article_id)
+                add_band_keys(expected, tuple(keys), article_id)
             index._add_rows(rows)
             if batch % 3:  # the catch-up before the lock merges; the one under it does not
                 index._merge_runs()
@@ -426,7 +406,8 @@ def test_each_process_sees_the_recent_keys_and_merges_of_the_others(
         assert profile is not None
         stale = IndexProbe(merges=1, keys=frozenset(profile.band_keys), hits={})
         with Session(one.engine) as session:
-            assert _stored_near_duplicates(session, [profile], None, stale) == [by_key(one)["b3#id"]]
+            (candidates,) = _stored_candidates(session, [profile], None, stale)
+            assert nearest_stored(profile, "", candidates) == by_key(one)["b3#id"]
         assert store_batch(one, FEED_A, [copy("a4", "summit-metro", FEED_A)]) == (1, 1)
         seen = by_key(one)
         assert seen["b1"] == seen["a1#id"]
@@ -449,8 +430,9 @@ def test_a_copy_committed_between_the_probe_and_the_write_is_found(database_url:
         seen = one._recent.seen
         store_batch(two, FEED_B, [copy("b1", "haftar-wire", FEED_B)])  # after the probe
         with one._writing() as session:
-            found = _stored_near_duplicates(session, [profile], one._recent, probe)
-        assert found == [by_key(two)["b1#id"]]
+            (candidates,) = _stored_candidates(session, [profile], one._recent, probe)
+            found = nearest_stored(profile, "", candidates)
+        assert found == by_key(two)["b1#id"]
         assert one._recent.seen == seen  # read under the lock, not taken in
         assert store_batch(one, FEED_A, [copy("a2", "haftar-metro", FEED_A)]) == (1, 1)
         assert one._recent.seen > seen
