@@ -28,7 +28,7 @@ from aggregator.fetcher import PAGE_ACCEPT, Fetcher
 from aggregator.models import ExtractedPage, FeedLocation, FeedState, FetchResult, NotModified, RefreshOutcome
 from aggregator.parser import find_feed_links, looks_like_html
 from aggregator.polling import PollLimits, cache_max_age, poll_interval, retry_after
-from aggregator.store import Store
+from aggregator.storage import Store
 from aggregator.worker import FeedJob, Ingested, extract, finish, ingest, init_worker
 from aggregator.workers import WorkerPool
 

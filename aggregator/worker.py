@@ -19,7 +19,7 @@ from aggregator.database import create_db_engine
 from aggregator.models import ExtractedPage, FeedLocation, FetchRecord, FetchResult
 from aggregator.polling import PollLimits, feed_hints, poll_interval, skip_to_allowed
 from aggregator.prepare import IdentifiedEntry, PreparedEntry, build_article, identify_feed, prepare_entries
-from aggregator.store import Store
+from aggregator.storage import Store
 
 _store: Store | None = None  # this worker process's own connection (see init_worker)
 

@@ -60,7 +60,9 @@ from sqlalchemy.orm import Session
 from aggregator import dedup
 from aggregator.models import FetchRecord, NewArticle
 from aggregator.schema import Article, ArticleBand, Feed
-from aggregator.store import RecentIndex, Store, _stored_candidates
+from aggregator.storage import Store
+from aggregator.storage.articles import stored_candidates
+from aggregator.storage.bands import BandIndex
 
 SIZES = (10_000, 100_000, 1_000_000)
 VOCABULARY = 30_000
@@ -319,11 +321,11 @@ def measure(store: Store, database: str, size: int, probes: int, corpus: Corpus,
     timings, cpu_times, found = [], [], 0
     # The process's copy of the recent band keys, as a refresh has it: caught up once (here, in
     # the warm-up), not read afresh by every lookup, as a lookup without one does.
-    recent = RecentIndex()
+    bands = BandIndex(store.engine)
 
     def lookup(profile: dedup.TextProfile | None) -> int | None:
         """The stored story ``profile`` nearly duplicates: the candidates read, then verified."""
-        (candidates,) = _stored_candidates(session, [profile], recent)
+        (candidates,) = stored_candidates(session.connection(), [profile], bands)
         return dedup.nearest_stored(profile, "", candidates) if profile else None
 
     with Session(store.engine) as session:

@@ -21,7 +21,7 @@ from aggregator.digest import build_digest, render_html, render_message
 from aggregator.errors import DeliveryError
 from aggregator.models import FetchRecord, NewArticle, StoredArticle
 from aggregator.scheduler import last_slot
-from aggregator.store import Store
+from aggregator.storage import Store
 
 from .conftest import ConfigWriter, SmtpSink, free_port
 
