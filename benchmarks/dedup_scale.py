@@ -18,12 +18,12 @@ database that grew over months (after a bulk COPY the visibility map is empty, e
 lookup visits the table, and autovacuum would run its first pass over the whole table during the
 measurement). At each size up to ``--max`` (10k, 100k, 1M; or ``--max`` itself when smaller):
 
-- lookup: the time of the near-duplicate lookup of one new article, as ``Store._insert_articles``
-  runs it (``store._stored_near_duplicates``: the band-key query, the recent keys in the
-  process's ``RecentIndex``, caught up once as a refresh's probe keeps it, the candidates' texts,
-  the verification), for ``--probes`` articles, half near-duplicates of stored ones (of the sample
-  with real keys) and half new stories; p50, p95 and p99 in milliseconds, and how many probes
-  found their story;
+- lookup: the time of the near-duplicate lookup of one new article, as ``Articles.insert`` runs
+  it (``storage.articles.stored_candidates``: the band-key query, the recent keys in the
+  process's ``RecentIndex``, caught up once as a refresh's probe keeps it, the candidates' texts;
+  then ``dedup.nearest_stored``, the verification), for ``--probes`` articles, half
+  near-duplicates of stored ones (of the sample with real keys) and half new stories; p50, p95
+  and p99 in milliseconds, and how many probes found their story;
 - insertion: ``Store.store_refresh`` of batches of 10 new articles (half near-duplicates), the
   whole write transaction, in milliseconds per article (mean and p95 per batch);
 - size: band-key rows, and the on-disk size of the ``article_bands`` table with its index (SQLite:
