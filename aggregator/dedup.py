@@ -652,7 +652,7 @@ def _nearest_stored(
 ) -> int | None:
     """``nearest_stored``, remembering each candidate's words and shingles in ``shingled``."""
     best: int | None = None
-    site = site_of(url) if candidates else ""
+    site = site_of(url) if url and candidates else ""
     for candidate in candidates:
         # Copies of a story share its root: a candidate whose root cannot lower the one found
         # need not be verified (shingling a stored text is most of the lookup's CPU).

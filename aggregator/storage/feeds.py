@@ -18,7 +18,7 @@ from aggregator.schema import Article, Feed
 from aggregator.storage.sql import DriverQuery, chunks, first
 from aggregator.storage.writers import Writers
 
-__all__ = ["FEED_SUCCESS", "MAX_FEED_TITLE", "MAX_MESSAGE", "Feeds", "stored_message"]
+__all__ = ["MAX_FEED_TITLE", "MAX_MESSAGE", "Feeds", "stored_message"]
 
 # Longest stored feed title and error or warning message (characters).
 MAX_FEED_TITLE = 400
@@ -149,7 +149,7 @@ class Feeds:
         }
         if record.location is not None:
             values.update(record.location.values())
-        statement = FEED_SUCCESS[record.location is not None]
+        statement = _FEED_SUCCESS[record.location is not None]
         feed_id = first(statement.rows(session.connection(), values))
         if feed_id is None:  # not made by ``ensure``: make the row, then update it
             _feed_row(session, feed_url, record.now)
@@ -326,7 +326,7 @@ def _feed_fetched(*, location: bool, modified: bool) -> Update:
 # Keyed by "with a location": the two shapes of each. The update of a new document runs on the
 # driver (DriverQuery), with its values as bound parameters: building a statement costs more CPU
 # than running it.
-FEED_SUCCESS = {
+_FEED_SUCCESS = {
     located: DriverQuery(_feed_fetched(location=located, modified=True)) for located in (False, True)
 }
 _FEED_NOT_MODIFIED = {located: _feed_fetched(location=located, modified=False) for located in (False, True)}
