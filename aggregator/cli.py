@@ -245,7 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from aggregator.fetcher import Fetcher
     from aggregator.pipeline import Pipeline, start_workers, will_parse
-    from aggregator.store import Store
+    from aggregator.storage import Store
 
     settings = _settings(args)
     feeds = list(settings.feeds)
@@ -326,7 +326,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     from aggregator.delivery import prepare_digest, send_digest
     from aggregator.digest import fit, render_message, render_text
     from aggregator.errors import DeliveryError
-    from aggregator.store import Store
+    from aggregator.storage import Store
 
     settings = _settings(args)
     since = _parse_time(args.since, "--since") if args.since else None
@@ -381,7 +381,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
 
 def cmd_feeds(args: argparse.Namespace) -> int:
-    from aggregator.store import Store
+    from aggregator.storage import Store
 
     settings = _settings(args)
     store = Store.open(settings.database_url, create=False)
@@ -459,7 +459,7 @@ def cmd_feeds(args: argparse.Namespace) -> int:
 
 
 def cmd_articles(args: argparse.Namespace) -> int:
-    from aggregator.store import Store
+    from aggregator.storage import Store
 
     settings = _settings(args)
     since = _parse_time(args.since, "--since") if args.since else None
@@ -638,7 +638,7 @@ def cmd_opml(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     from aggregator.scheduler import heartbeat_age
-    from aggregator.store import Store
+    from aggregator.storage import Store
 
     settings = _settings(args)
     age = heartbeat_age(settings.service.heartbeat_file, datetime.now(UTC))

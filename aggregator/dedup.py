@@ -10,6 +10,9 @@ Layers, cheapest first (see docs/DUPLICATES.md):
    band keys of their MinHash signature (locality-sensitive hashing). Texts sharing a band key are
    candidates, stored in the database and looked up by key; ``is_near_duplicate`` then decides on
    the exact shingle sets.
+
+Which article represents which is decided here too (``choose_representatives``, ``story_leads``),
+from what the store read: the store fetches the candidates and writes the answer down.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import hashlib
 import re
 import unicodedata
 import zlib
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import chain
+from itertools import chain, repeat
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from aggregator.models import ParsedEntry
@@ -31,6 +36,7 @@ from aggregator.words import find_words
 
 if TYPE_CHECKING:
     import numpy as np
+    from numpy.typing import NDArray
 
 # numpy and courlan are imported when first used (_hashing, canonical_url): together they were a
 # third of a second of every command's start-up, and the service's own process of a refresh with
@@ -349,7 +355,7 @@ def _signatures(texts: Sequence[list[int]], size: int = SHINGLE_WORDS) -> np.nda
     shingles fit a chunk."""
     h = _hashing()
     np = h.np
-    rows = np.empty((len(texts), PERMUTATIONS), dtype=np.uint64)
+    rows: NDArray[Any] = np.empty((len(texts), PERMUTATIONS), dtype=np.uint64)
     start = 0
     while start < len(texts):
         # Texts [start, stop) whose shingles fit _CHUNK (one long text alone is chunked below).
@@ -394,7 +400,8 @@ def _minima(hashes: np.ndarray) -> np.ndarray:
         values = h.a[:, None] * hashes[None, start : start + _CHUNK]
         values += h.b[:, None]
         np.minimum(minima, values.min(axis=1), out=minima)
-    return minima >> h.shift  # the high 32 bits of the least: the least of the high 32 bits
+    least: NDArray[Any] = minima >> h.shift  # the high 32 bits of the least: the least of the high 32 bits
+    return least
 
 
 def band_keys(signature: Sequence[int]) -> tuple[int, ...]:
@@ -418,7 +425,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
     s1, m1, s2, m2, s3 = _hashing().mix
     x = (x ^ (x >> s1)) * m1
     x = (x ^ (x >> s2)) * m2
-    return x ^ (x >> s3)
+    mixed: NDArray[Any] = x ^ (x >> s3)
+    return mixed
 
 
 def containment(a: frozenset[str], b: frozenset[str]) -> float:
@@ -522,3 +530,231 @@ def tells_one_story(
     if len(own_a) == len(a_words) and len(own_b) == len(b_words):  # no template: decided above
         return True
     return is_near_duplicate(shingles(own_a), shingles(own_b))
+
+
+# -- which copy represents which -----------------------------------------------------------------
+#
+# A new article points at the representative of its story: the earliest stored copy (stored ids
+# follow the order of first sightings), or an earlier article of its own batch. The store reads the
+# stored copies with the batch's URL keys and text hashes (``StoredCopies``) and the stored texts
+# sharing band keys with a new one (``Candidate``), and writes ``choose_representatives``'s answer.
+# ``story_leads`` then gives a story to its earliest published copy.
+
+# Candidates verified per new article at most: those sharing the most band keys. It bounds the
+# work when a band key is common (a story carried by many outlets, boilerplate).
+MAX_CANDIDATES = 8
+
+# A band key -> the article (an id, or a position in a batch) holding it, or the list of them.
+BandHolders = Mapping[int, int | list[int]]
+
+
+# Incoming and Candidate are named tuples: made for every article and candidate of a lookup, where
+# a frozen dataclass's __init__ cost a few per cent of the lookup.
+class Incoming(NamedTuple):
+    """A new article of one feed's batch, as the decision sees it."""
+
+    url_key: str
+    content_hash: str | None
+    url: str
+    profile: TextProfile | None
+
+
+class Candidate(NamedTuple):
+    """A stored article sharing band keys with a new one: its story's representative (``root``),
+    and its feed, URL and text, which the template rule reads."""
+
+    id: int
+    root: int
+    feed_id: int
+    url: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCopies:
+    """The stored articles with a batch's URL keys and text hashes: the representative of the
+    earliest of each."""
+
+    by_url: Mapping[str, int]
+    by_hash: Mapping[str, int]
+
+    def representative(self, item: Incoming) -> int | None:
+        """The representative of the stored copy with ``item``'s URL, else with its text, or None."""
+        return self.by_url.get(item.url_key) or (
+            self.by_hash.get(item.content_hash) if item.content_hash else None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which article represents which, for a batch in its order."""
+
+    representatives: list[int | None]  # each article's stored representative (None: none stored)
+    twins: dict[int, int]  # position -> the earlier position it copies, when that one is new
+    banded: list[int]  # positions whose band keys are stored: texts with a profile, not exact copies
+    duplicates: int  # copies of a stored story or of an earlier article of the batch
+
+
+def rank_candidates(band_keys: Iterable[int], holders: BandHolders) -> list[int]:
+    """Return the articles (ids or positions) sharing a band key: most keys shared first, then
+    earliest; at most MAX_CANDIDATES."""
+    counts: Counter[int] = Counter()
+    for key in band_keys:
+        held = holders.get(key)
+        if isinstance(held, int):
+            counts[held] += 1
+        elif held:
+            counts.update(held)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [article for article, _ in ranked[:MAX_CANDIDATES]]
+
+
+def add_band_keys(holders: dict[int, int | list[int]], keys: Sequence[int], holder: int) -> None:
+    """Record in ``holders`` that ``holder`` has ``keys``: each key maps to its one holder, or to a
+    list when several have it. A key another article holds is rare (the two tell one story), so the
+    dict's own update, in C, does the rest; keys that repeat count each time, as
+    ``rank_candidates`` expects."""
+    held = {key: holders[key] for key in holders.keys() & keys}
+    if len(set(keys)) != len(keys):
+        for key in keys:
+            earlier = held.get(key, holders.get(key))
+            held[key] = holders[key] = _with(earlier, holder)
+        return
+    holders.update(zip(keys, repeat(holder)))
+    for key, earlier in held.items():
+        holders[key] = _with(earlier, holder)
+
+
+def _with(earlier: int | list[int] | None, holder: int) -> int | list[int]:
+    if earlier is None:
+        return holder
+    return [*earlier, holder] if isinstance(earlier, list) else [earlier, holder]
+
+
+def nearest_stored(
+    profile: TextProfile, url: str, candidates: Sequence[Candidate], feed_id: int | None = None
+) -> int | None:
+    """Return the earliest representative among ``candidates`` (ranked) whose text ``profile``
+    nearly duplicates, or None. A candidate of the same feed (``feed_id``) or site (that of
+    ``url``, the new article's) must tell the story beyond their shared template."""
+    return _nearest_stored(profile, url, candidates, feed_id, {})
+
+
+_Shingled = tuple[tuple[str, ...], frozenset[str]] | None
+
+
+def _nearest_stored(
+    profile: TextProfile,
+    url: str,
+    candidates: Sequence[Candidate],
+    feed_id: int | None,
+    shingled: dict[int, _Shingled],
+) -> int | None:
+    """``nearest_stored``, remembering each candidate's words and shingles in ``shingled``."""
+    best: int | None = None
+    site = site_of(url) if url and candidates else ""
+    for candidate in candidates:
+        # Copies of a story share its root: a candidate whose root cannot lower the one found
+        # need not be verified (shingling a stored text is most of the lookup's CPU).
+        if best is not None and candidate.root >= best:
+            continue
+        if candidate.id not in shingled:
+            words = normalise_words(candidate.text)
+            shingled[candidate.id] = (
+                (words, shingles(words)) if len(words) >= MIN_WORDS_FOR_TEXT_MATCH else None
+            )
+        theirs = shingled[candidate.id]
+        if theirs is None:
+            continue
+        same_site = candidate.feed_id == feed_id or (bool(site) and site_of(candidate.url) == site)
+        if tells_one_story(profile.words, profile.shingles, *theirs, same_site=same_site):
+            best = candidate.root
+    return best
+
+
+def choose_representatives(
+    batch: Sequence[Incoming],
+    stored: StoredCopies,
+    candidates: Sequence[Sequence[Candidate]],
+    feed_id: int | None = None,
+) -> Decision:
+    """Decide which article represents each of one feed's new articles (``feed_id``'s).
+
+    An article copies the stored story with its URL or its text (``stored``), else the earliest
+    stored story among its ``candidates`` (ranked, as ``rank_candidates`` ranks them) whose text
+    it nearly duplicates, else the first earlier article of the batch with its URL, its text or a
+    text it nearly duplicates (of one feed: beyond their template), a stored story's copy first.
+    """
+    first_by_url: dict[str, int] = {}
+    first_by_hash: dict[str, int] = {}
+    by_band: dict[int, int | list[int]] = {}  # band key -> the position(s) in the batch holding it
+    banded: dict[int, TextProfile] = {}  # position -> its profile, when its band keys are stored
+    representatives: list[int | None] = []
+    twins: dict[int, int] = {}
+    shingled: dict[int, _Shingled] = {}
+    duplicates = 0
+    for position, item in enumerate(batch):
+        key, digest, profile = item.url_key, item.content_hash, item.profile
+        representative = stored.representative(item)
+        if representative is None and profile is not None and candidates[position]:
+            representative = _nearest_stored(profile, item.url, candidates[position], feed_id, shingled)
+        if representative is None:
+            earlier = first_by_url.get(key)
+            if earlier is None and digest:
+                earlier = first_by_hash.get(digest)
+            if earlier is None and profile is not None:
+                earlier = _batch_near_duplicate(profile, by_band, banded, representatives, twins)
+            if earlier is not None:
+                representative = representatives[earlier]
+                if representative is None:
+                    twins[position] = twins.get(earlier, earlier)
+        exact_copy = digest is not None and (digest in stored.by_hash or digest in first_by_hash)
+        first_by_url.setdefault(key, position)
+        if digest:
+            first_by_hash.setdefault(digest, position)
+        if profile is not None and not exact_copy:  # an exact copy's keys are stored already
+            banded[position] = profile
+            add_band_keys(by_band, profile.band_keys, position)
+        representatives.append(representative)
+        duplicates += representative is not None or position in twins
+    return Decision(representatives, twins, list(banded), duplicates)
+
+
+def _batch_near_duplicate(
+    profile: TextProfile,
+    by_band: BandHolders,
+    banded: Mapping[int, TextProfile],
+    representatives: Sequence[int | None],
+    twins: Mapping[int, int],
+) -> int | None:
+    """Return the position of the earlier article of the batch whose text ``profile`` nearly
+    duplicates and whose story came first (a stored representative before a new one). The batch
+    is one feed's: the texts must tell the story beyond their shared template."""
+    if by_band.keys().isdisjoint(profile.band_keys):  # most articles: nothing to rank
+        return None
+    best: tuple[int, int, int] | None = None  # (stored? 0 : 1, id or root position, position)
+    for position in rank_candidates(profile.band_keys, by_band):
+        other = banded[position]
+        if not tells_one_story(profile.words, profile.shingles, other.words, other.shingles, same_site=True):
+            continue
+        representative = representatives[position]
+        root = twins.get(position, position)
+        order = (0, representative, position) if representative else (1, root, position)
+        best = order if best is None else min(best, order)
+    return None if best is None else best[2]
+
+
+# A story's copies as the store reads them: (published, first seen, id).
+StoryCopy = tuple[datetime | None, datetime, int]
+
+
+def story_leads(stories: Mapping[int, Sequence[StoryCopy]]) -> dict[int, int]:
+    """Return the stories (by their representative's id) whose earliest published copy
+    (``lead_order``) is not their representative, each with that copy's id."""
+    moves: dict[int, int] = {}
+    for root, copies in stories.items():
+        seen = min(first_seen for _, first_seen, _ in copies)
+        lead = min(lead_order(published, first, article, seen) for published, first, article in copies)[3]
+        if lead != root:
+            moves[root] = lead
+    return moves

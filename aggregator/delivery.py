@@ -16,7 +16,7 @@ from aggregator.digest import Digest, build_digest, compose
 from aggregator.errors import DeliveryError
 from aggregator.logs import fields
 from aggregator.mailer import send_smtp, write_outbox
-from aggregator.store import Store
+from aggregator.storage import Store
 
 log = logging.getLogger(__name__)
 

@@ -141,3 +141,82 @@ class RefreshOutcome:
     error_kind: str | None = None
     error: str | None = None
     warnings: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class FeedLocation:
+    """Where a feed is polled: the URL in use and a permanent move being watched."""
+
+    fetch_url: str | None
+    fetch_url_reason: str | None
+    moved_to: str | None
+    moved_count: int
+
+    def values(self) -> dict[str, object]:
+        """The feed row's columns that hold this location."""
+        return {
+            "fetch_url": self.fetch_url,
+            "fetch_url_reason": self.fetch_url_reason,
+            "moved_to": self.moved_to,
+            "moved_count": self.moved_count,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """What a refresh needs to know from the feed's last polls."""
+
+    etag: str | None
+    last_modified: str | None
+    consecutive_failures: int
+    fetch_url: str | None = None
+    fetch_url_reason: str | None = None
+    moved_to: str | None = None
+    moved_count: int = 0
+    gone: bool = False
+    poll_interval: float | None = None
+
+
+@dataclass(frozen=True)
+class FetchRecord:
+    """A successful full poll of a feed, stored with its new articles."""
+
+    status: int
+    etag: str | None
+    last_modified: str | None
+    title: str | None
+    site_url: str | None
+    now: datetime
+    next_fetch: datetime
+    poll_interval: float | None = None
+    location: FeedLocation | None = None
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class NotModified:
+    """A poll answered 304 Not Modified."""
+
+    feed_url: str
+    now: datetime
+    next_fetch: datetime
+    location: FeedLocation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the database knows of a poll's entries (``Store.seen``)."""
+
+    entry_keys: set[str]  # entry keys this feed has stored
+    feed_links: set[str]  # link keys this feed has stored, as a page URL or an entry link
+    any_links: set[str]  # link keys any feed has stored
+
+
+@dataclass(frozen=True)
+class PendingRun:
+    """A digest run recorded before sending and not delivered yet."""
+
+    id: int
+    run_key: str
+    created_at: datetime
+    articles: list[StoredArticle]

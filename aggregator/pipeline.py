@@ -27,10 +27,10 @@ from aggregator.config import FeedConfig, Settings
 from aggregator.errors import FetchError, StorageError
 from aggregator.fetcher import PAGE_ACCEPT, Fetcher
 from aggregator.logs import fields
-from aggregator.models import ExtractedPage, FetchResult, RefreshOutcome
+from aggregator.models import ExtractedPage, FeedLocation, FeedState, FetchResult, NotModified, RefreshOutcome
 from aggregator.parser import find_feed_links, looks_like_html
 from aggregator.polling import PollLimits, cache_max_age, poll_interval, retry_after
-from aggregator.store import FeedLocation, FeedState, NotModified, Store
+from aggregator.storage import Store
 from aggregator.worker import FeedJob, Ingested, extract, finish, ingest, init_worker
 from aggregator.workers import WorkerPool
 

@@ -34,7 +34,7 @@ from aggregator.fetcher import Fetcher
 from aggregator.logs import fields
 from aggregator.models import RefreshOutcome
 from aggregator.pipeline import Pipeline
-from aggregator.store import Store
+from aggregator.storage import Store
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        stored: datetime = value
+        return stored.replace(tzinfo=UTC) if stored.tzinfo is None else stored.astimezone(UTC)
 
 
 NAMING = {
@@ -139,11 +140,11 @@ class RecentBands(Base):
     """The band keys of a recent article, one row an article, not yet merged into ``article_bands``.
 
     New keys are written here, 32 to a row, and merged into ``article_bands`` in key order when
-    the article ids cross a multiple of ``store.MERGE_EVERY``. Each process holds these rows'
-    keys in memory (``store.RecentIndex``) and reads only the rows added since it last looked:
-    32 random keys inserted into an index for every article each dirtied a page of it, and the
-    commit wrote them all to SQLite's log, while these rows are appended, and a sorted merge
-    writes each page of the big index once. No foreign key (its check would scan this table for
+    the article ids cross a multiple of ``storage.bands.MERGE_EVERY``. Each process holds these
+    rows' keys in memory (``storage.bands.RecentIndex``) and reads only the rows added since it
+    last looked: 32 random keys inserted into an index for every article each dirtied a page of
+    it, and the commit wrote them all to SQLite's log, while these rows are appended, and a sorted
+    merge writes each page of the big index once. No foreign key (its check would scan this table for
     every article deleted): a row whose article is gone is dropped at the merge, and retention
     merges before it deletes.
     """
@@ -153,7 +154,7 @@ class RecentBands(Base):
     article_id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
     )
-    # The article's distinct band keys, signed 64-bit little-endian (store.pack_keys).
+    # The article's distinct band keys, signed 64-bit little-endian (storage.bands.pack_keys).
     band_keys: Mapped[bytes] = mapped_column(LargeBinary)
 
 
@@ -161,7 +162,7 @@ class BandMerges(Base):
     """One row: how many merges of ``article_bands_recent`` there have been.
 
     A merge (or retention) deletes recent rows; a process whose memory holds their keys sees the
-    count move and reads the table afresh (``store.RecentIndex``).
+    count move and reads the table afresh (``storage.bands.RecentIndex``).
     """
 
     __tablename__ = "article_band_merges"

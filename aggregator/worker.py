@@ -26,10 +26,10 @@ from datetime import datetime
 from aggregator.bounds import Refused
 from aggregator.database import create_db_engine
 from aggregator.errors import FetchError
-from aggregator.models import ExtractedPage, FetchResult
+from aggregator.models import ExtractedPage, FeedLocation, FetchRecord, FetchResult
 from aggregator.polling import PollLimits, feed_hints, poll_interval, skip_to_allowed
 from aggregator.prepare import IdentifiedEntry, PreparedEntry, build_article, identify_feed, prepare_entries
-from aggregator.store import FeedLocation, FetchRecord, Store
+from aggregator.storage import Store
 
 _store: Store | None = None  # this worker process's own connection (see init_worker)
 

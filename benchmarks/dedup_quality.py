@@ -94,8 +94,8 @@ def predict(
 def predict_with_store(texts: dict[str, str], pairs: list[Pair], *, same_site: bool = False) -> list[bool]:
     """Return the store's decision for each pair (second text stored after the first, by another
     feed of another site, or by the same feed when the pair or ``same_site`` says so)."""
-    from aggregator.models import NewArticle
-    from aggregator.store import FetchRecord, Store
+    from aggregator.models import FetchRecord, NewArticle
+    from aggregator.storage import Store
 
     now = datetime.now(UTC)
     record = FetchRecord(200, None, None, "Feed", None, now, now)

@@ -18,12 +18,12 @@ database that grew over months (after a bulk COPY the visibility map is empty, e
 lookup visits the table, and autovacuum would run its first pass over the whole table during the
 measurement). At each size up to ``--max`` (10k, 100k, 1M; or ``--max`` itself when smaller):
 
-- lookup: the time of the near-duplicate lookup of one new article, as ``Store._insert_articles``
-  runs it (``store._stored_near_duplicates``: the band-key query, the recent keys in the
-  process's ``RecentIndex``, caught up once as a refresh's probe keeps it, the candidates' texts,
-  the verification), for ``--probes`` articles, half near-duplicates of stored ones (of the sample
-  with real keys) and half new stories; p50, p95 and p99 in milliseconds, and how many probes
-  found their story;
+- lookup: the time of the near-duplicate lookup of one new article, as ``Articles.insert`` runs
+  it (``storage.articles.stored_candidates``: the band-key query, the recent keys in the
+  process's ``RecentIndex``, caught up once as a refresh's probe keeps it, the candidates' texts;
+  then ``dedup.nearest_stored``, the verification), for ``--probes`` articles, half
+  near-duplicates of stored ones (of the sample with real keys) and half new stories; p50, p95
+  and p99 in milliseconds, and how many probes found their story;
 - insertion: ``Store.store_refresh`` of batches of 10 new articles (half near-duplicates), the
   whole write transaction, in milliseconds per article (mean and p95 per batch);
 - size: band-key rows, and the on-disk size of the ``article_bands`` table with its index (SQLite:
@@ -58,9 +58,11 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from aggregator import dedup
-from aggregator.models import NewArticle
+from aggregator.models import FetchRecord, NewArticle
 from aggregator.schema import Article, ArticleBand, Feed
-from aggregator.store import FetchRecord, RecentIndex, Store, _stored_near_duplicates
+from aggregator.storage import Store
+from aggregator.storage.articles import stored_candidates
+from aggregator.storage.bands import BandIndex
 
 SIZES = (10_000, 100_000, 1_000_000)
 VOCABULARY = 30_000
@@ -319,16 +321,22 @@ def measure(store: Store, database: str, size: int, probes: int, corpus: Corpus,
     timings, cpu_times, found = [], [], 0
     # The process's copy of the recent band keys, as a refresh has it: caught up once (here, in
     # the warm-up), not read afresh by every lookup, as a lookup without one does.
-    recent = RecentIndex()
+    bands = BandIndex(store.engine)
+
+    def lookup(profile: dedup.TextProfile | None) -> int | None:
+        """The stored story ``profile`` nearly duplicates: the candidates read, then verified."""
+        (candidates,) = stored_candidates(session.connection(), [profile], bands)
+        return dedup.nearest_stored(profile, "", candidates) if profile else None
+
     with Session(store.engine) as session:
-        _stored_near_duplicates(session, [dedup.text_profile(cases[0][0])], recent)  # warm-up
+        lookup(dedup.text_profile(cases[0][0]))  # warm-up
         for body, is_copy in cases:
             profile = dedup.text_profile(body)
             # The refresh looks up inside its write transaction, on a connection it holds: the
             # checkout (PostgreSQL's pre-ping) and BEGIN, a round trip each, are not the lookup's.
             session.execute(text("SELECT 1"))
             started, cpu = time.perf_counter(), time.thread_time()
-            (representative,) = _stored_near_duplicates(session, [profile], recent)
+            representative = lookup(profile)
             timings.append(1000 * (time.perf_counter() - started))
             cpu_times.append(1000 * (time.thread_time() - cpu))
             found += is_copy and representative is not None

@@ -119,7 +119,7 @@ def startup_cpu_seconds(workers: int) -> float:
         command = "import aggregator.cli, aggregator.pipeline, courlan, numpy"
         main = cpu(command)
         return main + workers * max(0.0, cpu(command + ", aggregator.extractor") - main)
-    main = cpu("import aggregator.cli, aggregator.pipeline, aggregator.store")
+    main = cpu("import aggregator.cli, aggregator.pipeline, aggregator.storage")
     worker = cpu("import aggregator.worker, aggregator.extractor")
     return main + workers * worker
 

@@ -216,7 +216,7 @@ def refresh(settings: Any, **fetcher_args: Any) -> list[Any]:
 
     from aggregator.fetcher import Fetcher
     from aggregator.pipeline import Pipeline
-    from aggregator.store import Store
+    from aggregator.storage import Store
 
     store = Store.open(settings.database_url)
 
@@ -236,7 +236,7 @@ def refresh(settings: Any, **fetcher_args: Any) -> list[Any]:
 
 def stored_articles(settings: Any) -> list[Any]:
     """Every stored article, newest first."""
-    from aggregator.store import Store
+    from aggregator.storage import Store
 
     store = Store.open(settings.database_url)
     try:

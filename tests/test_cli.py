@@ -15,7 +15,7 @@ from pytest_httpserver import HTTPServer
 
 from aggregator.cli import build_parser, entry, main
 from aggregator.config import load_settings
-from aggregator.store import Store
+from aggregator.storage import Store
 
 from .conftest import SHARED, ConfigWriter, free_port, serve, wait_for
 
@@ -104,7 +104,7 @@ def test_feeds_json_before_any_fetch(
         err = capsys.readouterr().err
         assert argv == ["health"] or f"no database at {tmp_path / 'aggregator.db'}" in err, err
     assert not (tmp_path / "aggregator.db").exists()
-    from aggregator.store import Store
+    from aggregator.storage import Store
 
     Store.open(f"sqlite:///{tmp_path / 'aggregator.db'}").close()  # as `fetch` or `run` would
     assert main(["feeds", "--json", "--config", str(config)]) == 0

@@ -23,25 +23,34 @@ from aggregator.dedup import (
     PERMUTATIONS,
     SEEN_TOGETHER,
     TEMPLATE_GAP_WORDS,
+    Candidate,
+    Incoming,
+    StoredCopies,
     _cleaned_url,
+    add_band_keys,
     band_keys,
     canonical_url,
+    choose_representatives,
     containment,
     entry_key,
     is_near_duplicate,
     jaccard,
     lead_order,
     minhash,
+    nearest_stored,
     normalise_words,
+    rank_candidates,
     repeated_guids,
     shared_run,
     shingles,
     site_of,
+    story_leads,
     strip_template,
     tells_one_story,
     text_hash,
     text_profile,
     text_shingles,
+    url_key,
 )
 from aggregator.models import ParsedEntry
 
@@ -546,3 +555,116 @@ def test_template_stripping_of_huge_hostile_texts_is_linear() -> None:
     own_a, own_b = strip_template(a, b)  # 120,000 words each
     assert time.perf_counter() - started < 2.0
     assert (own_a, own_b) == (("left",), ("right",))  # the last change: no run after it
+
+
+# -- which copy represents which (choose_representatives, story_leads) ----------------------------
+
+
+def incoming(name: str, url: str, text: str | None = None) -> Incoming:
+    """A new article at ``url`` with the labelled text ``name`` (or ``text``)."""
+    body = doc(name) if text is None else text
+    return Incoming(url_key(url), text_hash(body), url, text_profile(body))
+
+
+def candidate(article_id: int, name: str, *, root: int | None = None, feed_id: int = 9) -> Candidate:
+    return Candidate(
+        article_id, root or article_id, feed_id, f"https://stored{feed_id}.example/{article_id}", doc(name)
+    )
+
+
+NO_COPIES = StoredCopies({}, {})
+
+
+def test_a_batchs_band_keys_rank_as_lists_of_positions_would() -> None:
+    """``add_band_keys`` keeps one position per key where it can; ``rank_candidates`` ranks the same."""
+    rng = random.Random(3)
+    pool = list(range(40))  # few keys, so that articles share them, and some repeat one
+    by_band: dict[int, int | list[int]] = {}
+    lists: dict[int, list[int]] = {}
+    for position in range(60):
+        keys = tuple(rng.choice(pool) for _ in range(rng.randint(1, 6)))
+        query = tuple(rng.choice(pool) for _ in range(6))
+        assert rank_candidates(query, by_band) == rank_candidates(query, lists)
+        add_band_keys(by_band, keys, position)
+        for key in keys:
+            lists.setdefault(key, []).append(position)
+    assert {key: [held] if isinstance(held, int) else held for key, held in by_band.items()} == lists
+
+
+def test_candidates_past_the_limit_are_not_ranked() -> None:
+    holders = {key: list(range(20)) for key in range(3)} | {3: [5, 7], 4: 7}
+    assert rank_candidates(range(5), holders) == [7, 5, 0, 1, 2, 3, 4, 6]
+
+
+def test_a_stored_copy_with_the_url_or_the_text_represents_the_article() -> None:
+    batch = [
+        incoming("fire-wire", "https://a.example/fire"),
+        incoming("flood-wire", "https://a.example/flood"),
+        incoming("haftar-wire", "https://a.example/haftar"),
+    ]
+    stored = StoredCopies({batch[0].url_key: 11}, {batch[1].content_hash or "": 12})
+    decision = choose_representatives(batch, stored, [[], [], []], feed_id=1)
+    assert decision.representatives == [11, 12, None]
+    assert decision.duplicates == 2 and decision.twins == {}
+    # An exact copy's band keys are stored with the copy it repeats; a copy by URL keeps its own.
+    assert decision.banded == [0, 2]
+
+
+def test_the_earliest_stored_story_among_the_candidates_represents_a_near_duplicate() -> None:
+    (item,) = batch = [incoming("fire-herald", "https://b.example/fire")]
+    ranked = [
+        candidate(30, "fire-other", feed_id=3),
+        candidate(21, "fire-metro", root=4),
+        candidate(5, "fire-wire"),
+    ]
+    assert choose_representatives(batch, NO_COPIES, [ranked], feed_id=1).representatives == [4]
+    assert item.profile is not None and nearest_stored(item.profile, item.url, ranked, 1) == 4
+    # Another story on the same subject is no candidate that passes.
+    assert choose_representatives(batch, NO_COPIES, [ranked[:1]], feed_id=1).representatives == [None]
+
+
+def test_a_candidate_of_the_same_feed_or_site_must_tell_the_story_beyond_the_template() -> None:
+    (item,) = batch = [incoming("harbour-bakery", "https://harbour.example/bakery")]
+    other_feed = candidate(7, "harbour-bike-lanes", feed_id=3)
+    assert choose_representatives(batch, NO_COPIES, [[other_feed]], feed_id=1).representatives == [7]
+    same_feed = candidate(7, "harbour-bike-lanes", feed_id=1)
+    assert choose_representatives(batch, NO_COPIES, [[same_feed]], feed_id=1).representatives == [None]
+    same_site = Candidate(7, 7, 3, "https://www.harbour.example/bike-lanes", doc("harbour-bike-lanes"))
+    assert choose_representatives(batch, NO_COPIES, [[same_site]], feed_id=1).representatives == [None]
+    assert item.profile is not None and nearest_stored(item.profile, "", [same_site]) == 7
+
+
+def test_copies_within_a_batch_point_at_the_first_or_at_its_stored_story() -> None:
+    batch = [
+        incoming("fire-wire", "https://a.example/fire"),
+        incoming("fire-corrected", "https://a.example/fire-corrected"),
+        incoming("flood-herald", "https://a.example/flood"),
+        incoming("flood-metro", "https://a.example/flood-metro"),
+        incoming("fire-wire", "https://a.example/fire"),  # the same URL twice
+    ]
+    flood = [candidate(40, "flood-wire")]
+    decision = choose_representatives(batch, NO_COPIES, [[], [], flood, [], []], feed_id=1)
+    # The flood story is stored: its copies point at it; the fire story is new: its copies are
+    # twins of its first article, which points nowhere.
+    assert decision.representatives == [None, None, 40, 40, None]
+    assert decision.twins == {1: 0, 4: 0}
+    assert decision.duplicates == 4
+    assert decision.banded == [0, 1, 2, 3]  # the same text again adds no keys
+
+
+def test_texts_too_short_to_trust_are_never_near_duplicates() -> None:
+    short = "Shares rose 4 percent in early trading."
+    batch = [incoming("", "https://a.example/1", short), incoming("", "https://a.example/2", short + " Up.")]
+    decision = choose_representatives(batch, NO_COPIES, [[], []], feed_id=1)
+    assert decision.representatives == [None, None] and decision.twins == {} and decision.banded == []
+
+
+def test_the_earliest_published_copy_leads_its_story() -> None:
+    hour = timedelta(hours=1)
+    stories = {
+        1: [(SEEN, SEEN, 1), (SEEN - 3 * hour, SEEN + hour, 2), (SEEN - hour, SEEN + hour, 3)],
+        4: [(SEEN - hour, SEEN, 4), (SEEN, SEEN + hour, 5)],  # its representative leads already
+        # Backdated to 1990 and seen a day after the story: counted as published when seen.
+        6: [(SEEN, SEEN, 6), (datetime(1990, 1, 1, tzinfo=UTC), SEEN + 24 * hour, 7)],
+    }
+    assert story_leads(stories) == {1: 2}

@@ -19,9 +19,9 @@ from aggregator.config import DigestSettings, FeedConfig, Settings, load_setting
 from aggregator.delivery import send_digest
 from aggregator.digest import build_digest, render_html, render_message
 from aggregator.errors import DeliveryError
-from aggregator.models import NewArticle, StoredArticle
+from aggregator.models import FetchRecord, NewArticle, StoredArticle
 from aggregator.scheduler import last_slot
-from aggregator.store import FetchRecord, Store
+from aggregator.storage import Store
 
 from .conftest import ConfigWriter, SmtpSink, free_port
 

@@ -21,7 +21,7 @@ from werkzeug import Request, Response
 from aggregator.cli import main
 from aggregator.config import Settings, load_settings
 from aggregator.models import FeedStatus, RefreshOutcome
-from aggregator.store import Store
+from aggregator.storage import Store
 
 from .conftest import ConfigWriter
 from .conftest import refresh as refresh_all

@@ -26,7 +26,7 @@ from aggregator.dedup import BACKDATE_TRUST, is_near_duplicate, normalise_words,
 from aggregator.fetcher import Fetcher
 from aggregator.models import RefreshOutcome, StoredArticle
 from aggregator.pipeline import Pipeline
-from aggregator.store import Store
+from aggregator.storage import Store
 
 from .conftest import DATA, ConfigWriter
 

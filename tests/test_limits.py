@@ -20,7 +20,7 @@ from aggregator.config import Settings, load_settings
 from aggregator.fetcher import Fetcher
 from aggregator.models import RefreshOutcome
 from aggregator.pipeline import Pipeline
-from aggregator.store import Store
+from aggregator.storage import Store
 
 from .conftest import ConfigWriter, base_url, refresh, stored_articles
 from .test_worker import refresh_twice, worker_pids

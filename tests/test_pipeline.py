@@ -8,7 +8,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 from aggregator.config import Settings, load_settings
-from aggregator.store import Store
+from aggregator.storage import Store
 
 from .conftest import ConfigWriter, refresh, serve, serve_gazette, stored_articles
 

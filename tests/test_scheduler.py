@@ -74,7 +74,7 @@ def test_claims_under_our_own_name_at_start_up_are_a_predecessors(sqlite_url: st
     """A restarted container's service is PID 1 again, with the hostname of the one that died."""
     from aggregator.config import Settings
     from aggregator.scheduler import Service
-    from aggregator.store import Store
+    from aggregator.storage import Store
 
     now = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
     urls = ["https://a.example/feed", "https://b.example/feed"]

@@ -14,23 +14,14 @@ from sqlalchemy.orm import Session
 
 from aggregator.config import DigestSettings, FeedConfig
 from aggregator.database import create_db_engine, migrate
-from aggregator.dedup import BANDS, text_profile, url_key
+from aggregator.dedup import BANDS, add_band_keys, nearest_stored, text_profile, url_key
 from aggregator.digest import build_digest
 from aggregator.errors import StorageError
-from aggregator.models import NewArticle
+from aggregator.models import FetchRecord, NewArticle, Seen
 from aggregator.schema import Article, ArticleBand, Base, Feed, RecentBands
-from aggregator.store import (
-    FetchRecord,
-    IndexProbe,
-    RecentIndex,
-    Seen,
-    Store,
-    _add_band_keys,
-    _ranked,
-    _stored_near_duplicates,
-    pack_keys,
-    unpack_keys,
-)
+from aggregator.storage import Store
+from aggregator.storage.articles import stored_candidates
+from aggregator.storage.bands import BandIndex, IndexProbe, RecentIndex, pack_keys, unpack_keys
 
 from .conftest import free_port
 
@@ -306,10 +297,10 @@ def test_band_keys_are_kept_for_each_text_but_not_for_exact_copies(store: Store)
 def test_recent_band_keys_are_merged_and_found_in_both_places(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import aggregator.store
+    import aggregator.storage.bands
 
     # A merge each time the article ids cross a multiple of 4.
-    monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 4)
+    monkeypatch.setattr(aggregator.storage.bands, "MERGE_EVERY", 4)
     store_batch(store, FEED_A, [copy("a1", "haftar-wire", FEED_A), copy("a2", "fire-wire", FEED_A)])
     assert staged_and_merged(store) == (2 * BANDS, 0)  # ids 1 and 2: staged only
     store_batch(store, FEED_A, [copy("a3", "flood-wire", FEED_A), copy("a4", "mine-wire", FEED_A)])
@@ -320,24 +311,6 @@ def test_recent_band_keys_are_merged_and_found_in_both_places(
     store_batch(store, FEED_B, [copy("b1", "haftar-herald", FEED_B), copy("b2", "summit-metro", FEED_B)])
     seen = by_key(store)
     assert seen["b1"] == seen["a1#id"] and seen["b2"] == seen["a5#id"]
-
-
-def test_a_batchs_band_keys_rank_as_lists_of_positions_would() -> None:
-    """``_add_band_keys`` keeps one position per key where it can; ``_ranked`` ranks the same."""
-    import random
-
-    rng = random.Random(3)
-    pool = list(range(40))  # few keys, so that articles share them, and some repeat one
-    by_band: dict[int, object] = {}
-    lists: dict[int, list[int]] = {}
-    for position in range(60):
-        keys = tuple(rng.choice(pool) for _ in range(rng.randint(1, 6)))
-        query = tuple(rng.choice(pool) for _ in range(6))
-        assert _ranked(query, by_band) == _ranked(query, lists)  # type: ignore[arg-type]
-        _add_band_keys(by_band, keys, position)  # type: ignore[arg-type]
-        for key in keys:
-            lists.setdefault(key, []).append(position)
-    assert {key: [held] if isinstance(held, int) else held for key, held in by_band.items()} == lists
 
 
 def test_recent_rows_in_runs_are_found_as_in_a_dict() -> None:
@@ -357,10 +330,10 @@ def test_recent_rows_in_runs_are_found_as_in_a_dict() -> None:
                 article_id += 1
                 keys = list(dict.fromkeys(rng.choice(pool) for _ in range(8)))
                 rows.append((article_id, pack_keys(keys)))
-                _add_band_keys(expected, tuple(keys), article_id)
-            index._add_rows(rows)
+                add_band_keys(expected, tuple(keys), article_id)
+            index.add_rows(rows)
             if batch % 3:  # the catch-up before the lock merges; the one under it does not
-                index._merge_runs()
+                index.merge_runs()
             assert index.seen == article_id
             wanted = sorted({*rng.sample(sorted(expected), 10), *rng.sample(pool, 10)})
             found: dict[int, list[int]] = {}
@@ -379,10 +352,10 @@ def test_a_merge_moves_every_recent_key_into_the_index(
     store: Store, monkeypatch: pytest.MonkeyPatch, rows: int
 ) -> None:
     """Several statements of ``rows`` pairs and a shorter last one (3), or one short one (250)."""
-    import aggregator.store
+    import aggregator.storage.bands
 
-    monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 4)
-    monkeypatch.setattr(aggregator.store, "MERGE_ROWS", rows)
+    monkeypatch.setattr(aggregator.storage.bands, "MERGE_EVERY", 4)
+    monkeypatch.setattr(aggregator.storage.bands, "MERGE_ROWS", rows)
     names = ["haftar-wire", "fire-wire", "flood-wire", "mine-wire"]
     with store.engine.connect() as connection:
         before = connection.execute(select(func.count()).select_from(ArticleBand)).scalar_one()
@@ -404,11 +377,11 @@ def test_a_merge_moves_every_recent_key_into_the_index(
 def test_each_process_sees_the_recent_keys_and_merges_of_the_others(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import aggregator.store
+    import aggregator.storage.bands
 
     # Two Stores on one database stand for two worker processes: each keeps its own copy of the
     # recent keys, brought up to date from the table before it looks.
-    monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 4)
+    monkeypatch.setattr(aggregator.storage.bands, "MERGE_EVERY", 4)
     one, two = Store.open(database_url), Store.open(database_url)
     try:
         store_batch(one, FEED_A, [copy("a1", "haftar-wire", FEED_A)])
@@ -428,7 +401,8 @@ def test_each_process_sees_the_recent_keys_and_merges_of_the_others(
         assert profile is not None
         stale = IndexProbe(merges=1, keys=frozenset(profile.band_keys), hits={})
         with Session(one.engine) as session:
-            assert _stored_near_duplicates(session, [profile], None, stale) == [by_key(one)["b3#id"]]
+            (candidates,) = stored_candidates(session.connection(), [profile], BandIndex(one.engine), stale)
+            assert nearest_stored(profile, "", candidates) == by_key(one)["b3#id"]
         assert store_batch(one, FEED_A, [copy("a4", "summit-metro", FEED_A)]) == (1, 1)
         seen = by_key(one)
         assert seen["b1"] == seen["a1#id"]
@@ -446,25 +420,26 @@ def test_a_copy_committed_between_the_probe_and_the_write_is_found(database_url:
         store_batch(one, FEED_A, [copy("a1", "fire-wire", FEED_A)])
         profile = text_profile(story("haftar-herald"))
         assert profile is not None
-        probe = one._probe_index([profile])
+        probe = one.bands.probe([profile])
         assert probe is not None and probe.recent == {}
-        seen = one._recent.seen
+        seen = one.bands.recent.seen
         store_batch(two, FEED_B, [copy("b1", "haftar-wire", FEED_B)])  # after the probe
-        with one._writing() as session:
-            found = _stored_near_duplicates(session, [profile], one._recent, probe)
-        assert found == [by_key(two)["b1#id"]]
-        assert one._recent.seen == seen  # read under the lock, not taken in
+        with one.writers.writing() as session:
+            (candidates,) = stored_candidates(session.connection(), [profile], one.bands, probe)
+            found = nearest_stored(profile, "", candidates)
+        assert found == by_key(two)["b1#id"]
+        assert one.bands.recent.seen == seen  # read under the lock, not taken in
         assert store_batch(one, FEED_A, [copy("a2", "haftar-metro", FEED_A)]) == (1, 1)
-        assert one._recent.seen > seen
+        assert one.bands.recent.seen > seen
     finally:
         one.close()
         two.close()
 
 
 def test_recent_keys_of_deleted_articles_are_dropped(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    import aggregator.store
+    import aggregator.storage.bands
 
-    monkeypatch.setattr(aggregator.store, "MERGE_EVERY", 3)
+    monkeypatch.setattr(aggregator.storage.bands, "MERGE_EVERY", 3)
     old = NOW - timedelta(days=100)
     body = story("haftar-wire")
     gone = NewArticle(FEED_A, "old", "https://a.example/old", "old", None, old, "", body, "", "page", "h1")
@@ -512,9 +487,11 @@ def test_copies_stored_at_once_by_two_processes_are_one_story(database_url: str)
 
     thread = threading.Thread(target=store_second)
     try:
-        with first._writing() as session:
-            feed_id = first._feed_row(session, FEED_A, NOW).id
-            assert first._insert_articles(session, feed_id, [copy("a1", "mine-wire", FEED_A)], NOW) == (1, 0)
+        with first.writers.writing() as session:
+            feed_id = first.feeds.record_fetched(
+                session, FEED_A, FetchRecord(200, None, None, "F", None, NOW, NOW)
+            )
+            assert first.articles.insert(session, feed_id, [copy("a1", "mine-wire", FEED_A)], NOW) == (1, 0)
             thread.start()
             thread.join(0.5)
             assert thread.is_alive()  # waiting for the first transaction
@@ -869,7 +846,7 @@ def test_a_checkpoint_beside_a_busy_writer_lets_the_log_start_afresh(tmp_path: P
     Store.open(url).close()
     checkpointer = Store(create_db_engine(url))
     writer = Store(create_db_engine(url, checkpoints=False))  # as worker.init_worker makes it
-    with writer._writing() as session:
+    with writer.writers.writing() as session:
         session.execute(text("CREATE TABLE scratch (body BLOB)"))
     block, writes = b"x" * 8192, 3000
     done = threading.Event()
@@ -877,7 +854,7 @@ def test_a_checkpoint_beside_a_busy_writer_lets_the_log_start_afresh(tmp_path: P
     def write() -> None:
         try:
             for _ in range(writes):
-                with writer._writing() as session:
+                with writer.writers.writing() as session:
                     session.execute(text("INSERT INTO scratch VALUES (:body)"), {"body": block})
         finally:
             done.set()
@@ -901,10 +878,12 @@ def test_a_checkpoint_beside_a_busy_writer_lets_the_log_start_afresh(tmp_path: P
 
 
 def test_the_driver_queries_give_what_core_gives(store: Store) -> None:
-    """The refresh's SELECTs run on the driver's cursor (``store._DriverQuery``) return the rows
+    """The refresh's SELECTs run on the driver's cursor (``storage.sql.DriverQuery``) return the rows
     SQLAlchemy returns for the same Core statement: lists of any length (empty too, and one
     list used twice), values written into the statement, in a transaction and outside one."""
-    from aggregator import store as module
+    from aggregator.storage.articles import ENTRY_IDS, SEEN_ENTRIES, SEEN_LINKS, STORED_COPIES
+    from aggregator.storage.bands import BAND_LOOKUP, RECENT_SINCE
+    from aggregator.storage.sql import one_value
 
     def plain(rows: object) -> list[tuple[object, ...]]:
         return sorted(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in rows)
@@ -923,18 +902,18 @@ def test_the_driver_queries_give_what_core_gives(store: Store) -> None:
         postgresql = connection.dialect.name == "postgresql"
         entry_keys = [a.entry_key for a in articles]
         cases = [  # (query, parameters, rows expected in the first round)
-            (module._SEEN_ENTRIES, {"feed_url": feed, "keys": [*entry_keys, "none"]}, True),
-            (module._SEEN_ENTRIES, {"feed_url": feed, "keys": []}, False),
-            (module._SEEN_LINKS, {"keys": [*stored[:3], "none"]}, True),
-            (module._ENTRY_IDS, {"feed_id": feed_id, "entry_keys": entry_keys[:2]}, True),
+            (SEEN_ENTRIES, {"feed_url": feed, "keys": [*entry_keys, "none"]}, True),
+            (SEEN_ENTRIES, {"feed_url": feed, "keys": []}, False),
+            (SEEN_LINKS, {"keys": [*stored[:3], "none"]}, True),
+            (ENTRY_IDS, {"feed_id": feed_id, "entry_keys": entry_keys[:2]}, True),
             (
-                module._STORED_COPIES,
+                STORED_COPIES,
                 {"url_keys": stored[2:], "entry_keys": ["k0"], "feed_id": feed_id, "hashes": []},
                 True,
             ),
-            (module._RECENT_SINCE, {"seen": 0}, True),
-            (module._RECENT_SINCE, {"seen": 10**9}, True),  # the count of merges alone
-            (module._BAND_LOOKUP[postgresql], {"keys": module._one_value(keys, postgresql)}, True),
+            (RECENT_SINCE, {"seen": 0}, True),
+            (RECENT_SINCE, {"seen": 10**9}, True),  # the count of merges alone
+            (BAND_LOOKUP[postgresql], {"keys": one_value(keys, postgresql)}, True),
         ]
         for first in (True, False):
             for query, params, rows in cases:
@@ -949,23 +928,23 @@ def test_the_driver_queries_keep_a_bounded_number_of_plans(
 ) -> None:
     """A plan is kept for each length of a query's lists, which vary with the feeds: the cache
     is emptied when full, and the query still answers."""
-    from aggregator.store import _DriverQuery
+    from aggregator.storage.sql import DriverQuery
 
-    query = _DriverQuery(select(Article.id).where(Article.url_key.in_(bindparam("keys", expanding=True))))
-    monkeypatch.setattr(_DriverQuery, "MAX_PLANS", 5)
+    query = DriverQuery(select(Article.id).where(Article.url_key.in_(bindparam("keys", expanding=True))))
+    monkeypatch.setattr(DriverQuery, "MAX_PLANS", 5)
     with store.engine.connect() as connection:
         for length in range(12):
             assert query.rows(connection, {"keys": [f"k{i}" for i in range(length)]}) == []
-            assert len(query._plans) <= 5
+            assert query.plans <= 5
 
 
 def test_rows_written_on_the_driver_are_those_core_writes(store: Store) -> None:
-    """The refresh's feed update and article insert run on the driver (``store._DriverQuery``),
+    """The refresh's feed update and article insert run on the driver (``storage.sql.DriverQuery``),
     each value through its type's bind processor: the stored values, datetimes of any zone
     included, are those SQLAlchemy writes for the same statement."""
     from datetime import timezone
 
-    from aggregator import store as module
+    from aggregator.storage.articles import ARTICLE_INSERT
 
     paris = timezone(timedelta(hours=1))
     published = datetime(2026, 11, 28, 7, 30, 15, 123456, tzinfo=paris)
@@ -1011,4 +990,4 @@ def test_rows_written_on_the_driver_are_those_core_writes(store: Store) -> None:
             )
         first, second = stored.all()
         assert tuple(first) == tuple(second)
-    assert module._ARTICLE_INSERT._plans  # the insert did go through the driver
+    assert ARTICLE_INSERT.plans  # the insert did go through the driver

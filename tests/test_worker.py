@@ -22,7 +22,7 @@ from aggregator.errors import ConfigError
 from aggregator.fetcher import Fetcher
 from aggregator.models import RefreshOutcome, StoredArticle
 from aggregator.pipeline import Pipeline, start_workers
-from aggregator.store import Store
+from aggregator.storage import Store
 
 from .conftest import ConfigWriter, base_url, fixture_text, refresh, stored_articles
 

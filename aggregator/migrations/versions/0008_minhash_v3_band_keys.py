@@ -40,7 +40,7 @@ def upgrade() -> None:
     bind = op.get_bind()
     bind.execute(sa.text("DELETE FROM article_bands"))
     bind.execute(sa.text("DELETE FROM article_bands_recent"))
-    # Processes that held the recent keys in memory read the table afresh (store.RecentIndex).
+    # Processes that held the recent keys in memory read the table afresh (storage.bands.RecentIndex).
     bind.execute(sa.text("UPDATE article_band_merges SET merges = merges + 1"))
     total = bind.execute(sa.text("SELECT count(*)" + _KEYED)).scalar_one()
     if not total:
