@@ -530,7 +530,7 @@ def start_workers(settings: Settings, *, fork: bool = False) -> WorkerPool | Non
         initargs=(settings.database_url,),
         max_memory=settings.extract.max_worker_memory,
     )
-    log.debug("started worker processes", extra=fields(processes=count, method=method))
+    log.debug("started worker", extra=fields(processes=count, method=method))
     return pool
 
 
