@@ -13,7 +13,7 @@ __all__ = ["loose_date"]
 def loose_date(value: str) -> time.struct_time | None:
     """The UTC time feedparser reads in ``value``, or None."""
     try:
-        parsed: time.struct_time | None = feedparser.datetimes._parse_date(value)  # type: ignore[attr-defined]
+        parsed: time.struct_time | None = feedparser.datetimes._parse_date(value)
     except (AttributeError, ValueError, TypeError, OverflowError):
         return None
     return parsed

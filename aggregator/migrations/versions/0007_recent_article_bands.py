@@ -89,7 +89,7 @@ def _rebuild_bands(*, foreign_key: bool) -> None:
             op.drop_index(op.f("ix_article_bands_article_id"), table_name="article_bands")
             op.drop_constraint(op.f("fk_article_bands_article_id_articles"), "article_bands", type_="foreignkey")
         return
-    columns = [
+    columns: list[sa.schema.SchemaItem] = [
         sa.Column("band_key", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("article_id", sa.Integer(), autoincrement=False, nullable=False),
     ]
