@@ -110,9 +110,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     # 8 MiB of pages a connection, which is every worker process's: SQLite reads the rest from
-    # the OS's cache, and a larger cache bought nothing (near-duplicate lookup p95 at 1,000,000
-    # stored articles: 0.45 ms with 8 MiB, 0.47 ms with 64 MiB or 256 MiB, 0.48 ms with mmap),
-    # while 64 MiB cost each worker 20 MB of memory in a full-text pass.
+    # the OS's cache; a larger cache made lookups no faster and cost each worker memory
+    # (docs/PERFORMANCE.md, "Lookup at scale").
     cursor.execute("PRAGMA cache_size=-8192")
     # The log is reused from its start after a complete checkpoint; past 64 MiB it is cut back.
     cursor.execute("PRAGMA journal_size_limit=67108864")

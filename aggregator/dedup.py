@@ -80,7 +80,7 @@ def lead_order(
 # A refresh asks for the same URL's canonical form several times (entry identity, link key, article
 # URL) and for the same text's words twice (exact hash, then shingles): pure functions, cached.
 # Every poll of a changed feed asks again for all its entries' links: the cache holds those of
-# about 1,600 feeds of 20 entries (about 7 MB), where courlan takes 17 µs a URL.
+# some 1,600 feeds of 20 entries.
 @functools.lru_cache(maxsize=32_768)
 def canonical_url(url: str) -> str:
     """Return ``url`` with tracking parameters, fragment and default port removed, query sorted."""
@@ -88,7 +88,7 @@ def canonical_url(url: str) -> str:
     plain = _PLAIN_URL.fullmatch(url)
     if plain and _plain_is_canonical(plain):
         # What the cleaning below returns for such a URL, in a twentieth of its time: a full pass
-        # of new entries asks for every link once, and courlan was 5 % of a feed's CPU.
+        # of new entries asks for every link once.
         return f"{plain['scheme']}://{plain['netloc']}{plain['path'] or '/'}"
     return _cleaned_url(url)
 
@@ -205,12 +205,9 @@ ROWS = PERMUTATIONS // BANDS
 # tests/data/dedup, see benchmarks/dedup_quality.py).
 MIN_CONTAINMENT = 0.45
 # Changing the hash family, SHINGLE_WORDS, PERMUTATIONS or BANDS changes every band key: bump
-# MINHASH_VERSION; the migration that follows rebuilds the stored keys (article_bands).
-# v1 drew 64 lanes of SHAKE-128 per shingle: 1.5 ms of CPU for a 300-word text, most of a
-# feed's refresh. v2 hashed each shingle once (CRC-32 of its bytes, mixed) and permuted in numpy:
-# 0.17 ms, most of it the CRC-32 calls, one a shingle. v3 hashes each distinct word once (and
-# remembers it), makes a shingle's hash from its words' in numpy, and takes the texts of a feed
-# together: about 0.06 ms a text.
+# MINHASH_VERSION; the migration that follows rebuilds the stored keys (article_bands). v3 hashes
+# each distinct word once, makes a shingle's hash from its words' in numpy, and takes the texts
+# of a feed together (its cost: docs/PERFORMANCE.md).
 MINHASH_VERSION = 3
 _SEED = b"aggregator/minhash/v3"
 # Rows of the (shingles x permutations) matrix computed at once: bounds memory on huge texts.
