@@ -13,6 +13,7 @@ by ``smtp.password_env`` or from ``smtp.password_file``.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -200,6 +201,9 @@ class DigestSettings(_Section):
     send_empty: bool = False  # send a short "nothing new" message rather than nothing
     list_unsubscribe: str | None = None  # the List-Unsubscribe header, e.g. "<mailto:me@x.org>"
     templates: Path | None = None  # a folder with digest.html.j2 / digest.txt.j2 to use instead
+    # Where story titles link: the original page, or the reader view of the site
+    # `aggregator run` serves (needs service.public_url).
+    link_to: Literal["original", "reader"] = "original"
     # Gmail clips messages over 102 KB: past this, items lose their summaries, then are counted.
     max_html_bytes: ByteSize = 100_000
 
@@ -308,13 +312,53 @@ class SmtpSettings(_Section):
         return (os.environ if environ is None else environ).get(self.password_env) or None
 
 
+class WebAuth(_Section):
+    """Who may read the site `aggregator run` serves: HTTP basic (``username`` and a password) or
+    a bearer token, the secret from the environment or a file, never from this file."""
+
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    token_env: str | None = None
+    token_file: Path | None = None
+    _secret: SecretStr = PrivateAttr(default=SecretStr(""))
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> WebAuth:
+        if self.username is not None:
+            if self.token_env is not None or self.token_file is not None:
+                raise ValueError("give username with a password, or a token, not both")
+            if ":" in self.username or not self.username.isprintable() or not self.username:
+                raise ValueError("a username has no ':' and no control characters")
+            secret = _read_secret(
+                ("password_env", "password_file"), self.password_env, self.password_file, info
+            )
+        else:
+            if self.password_env is not None or self.password_file is not None:
+                raise ValueError("a password needs a username")
+            secret = _read_secret(("token_env", "token_file"), self.token_env, self.token_file, info)
+        self._secret = SecretStr(secret)
+        return self
+
+    @property
+    def secret(self) -> str:
+        """The password (with ``username``) or the token."""
+        return self._secret.get_secret_value()
+
+
 class ServiceSettings(_Section):
     """The background service (`aggregator run`)."""
 
     heartbeat_file: Path = Path("/tmp/aggregator.heartbeat")
     check_every: Duration = timedelta(seconds=30)
-    # host:port for /healthz and /metrics (e.g. 127.0.0.1:8080); none when empty.
+    # host:port for the site: the archive of digests, articles and search, /healthz and /metrics
+    # (e.g. 127.0.0.1:8080); none when empty. Any other address than loopback needs `auth`.
     http: str | None = None
+    # Who may read the site; required when `http` is not a loopback address.
+    auth: WebAuth | None = None
+    # Where readers reach the site (https://news.example.org/): digests then carry a "View in
+    # browser" link, and story titles may link to the reader view (digest.link_to).
+    public_url: str | None = None
     # On SIGTERM/SIGINT, in-flight work gets this long to finish before it is abandoned.
     shutdown_timeout: Duration = timedelta(seconds=20)
     # A feed claimed by a process is not polled by another until its poll is recorded or this
@@ -330,6 +374,35 @@ class ServiceSettings(_Section):
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{value!r} is not host:port, like 127.0.0.1:8080")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value.strip()):
+            raise ValueError(f"{value!r} is not an http(s) URL without query, like https://news.example.org/")
+        return value.strip().rstrip("/") + "/"
+
+    @model_validator(mode="after")
+    def _private_unless_authenticated(self) -> ServiceSettings:
+        # The archive is one person's reading: reachable from elsewhere only behind a password.
+        if self.http is not None and self.auth is None and not _is_loopback(self.http.rpartition(":")[0]):
+            raise ValueError(
+                f"http: {self.http} is reachable from other machines: set service.auth (a username "
+                "and password, or a token, from the environment), or bind 127.0.0.1"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # Request headers a feed may not set: they frame the request or belong to the connection.
@@ -635,7 +708,7 @@ def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | N
         raw, base_dir = {}, DEFAULT_CONFIG_PATH.parent
     apply_env_overrides(raw, environ)
     try:
-        settings = Settings.model_validate(raw)
+        settings = Settings.model_validate(raw, context={"environ": environ})
     except ValidationError as exc:
         raise ConfigError(_describe(config_path, exc)) from None
     feeds_path = settings.feeds_file

@@ -16,7 +16,7 @@ from aggregator.links import redact_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration in migrations/versions (tests/test_store.py checks it is Alembic's head).
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 # Any constant shared by all processes: it serialises concurrent migrations on PostgreSQL.
 _MIGRATION_LOCK = 7_262_041
 

@@ -44,7 +44,7 @@ def prepare_digest(
     articles = store.unsent_articles(digest.name, since=since)
     roots = {a.duplicate_of for a in articles if a.duplicate_of is not None}
     already_sent = store.sent_article_ids(digest.name, roots)
-    return build_digest(articles, already_sent, settings.feeds, digest, now)
+    return build_digest(articles, already_sent, settings.feeds, digest, now, settings.service.public_url)
 
 
 def send_digest(
@@ -95,7 +95,8 @@ def _send_locked(
     delivered: Digest | None = None
     delivered_to = ""
     if pending is not None and pending.articles:
-        again = build_digest(pending.articles, set(), settings.feeds, config, pending.created_at)
+        public = settings.service.public_url
+        again = build_digest(pending.articles, set(), settings.feeds, config, pending.created_at, public)
         if again is not None:
             log.info(
                 "delivering a digest run held back first",
@@ -125,8 +126,14 @@ def _deliver(
     unsent, for the next digest.
     """
     built, message = compose(built, config, now)
+    html = message.get_body(("html",))
     run_id = store.begin_digest_run(
-        built.name, built.run_key, str(message["Message-ID"]), built.article_ids, now
+        built.name,
+        built.run_key,
+        str(message["Message-ID"]),
+        built.article_ids,
+        now,
+        html=html.get_content() if html is not None else None,
     )
     try:
         if settings.smtp is not None:

@@ -12,6 +12,7 @@ from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
+from urllib.parse import quote
 
 import css_inline
 from jinja2 import (
@@ -114,6 +115,12 @@ class Digest:
     duplicates: int
     schedule_label: str
     templates: Path | None = None  # a folder whose templates replace the shipped ones
+    public_url: str = ""  # service.public_url, ending in "/", or "" when not set
+
+    @property
+    def browser_url(self) -> str:
+        """This digest's page on the site `aggregator run` serves, or "" without a public URL."""
+        return f"{self.public_url}digests/{quote(self.run_key, safe=':')}" if self.public_url else ""
 
     @property
     def count(self) -> int:
@@ -134,8 +141,12 @@ def build_digest(
     feeds: Sequence[FeedConfig],
     settings: DigestSettings,
     now: datetime,
+    public_url: str | None = None,
 ) -> Digest | None:
     """Return the digest of ``articles`` (unsent ones), or None when there is nothing to send.
+
+    ``public_url``: where the site `aggregator run` serves is reached; the digest then links to
+    its page there, and with ``digest.link_to: reader`` story titles to their reader view.
 
     Duplicates fold into their representative as "Also in" links; a duplicate whose
     representative was sent in an earlier digest is covered but not shown again.
@@ -163,7 +174,10 @@ def build_digest(
         seen = min(c.first_seen for c in copies)
         lead = min(copies, key=lambda c: lead_order(c.published, c.first_seen, c.id, seen))
         others = [c for c in copies if c.id != lead.id]
-        items.append((lead.feed_url, _item(lead, others, names, zone)))
+        item = _item(lead, others, names, zone)
+        if public_url and settings.link_to == "reader":
+            item = replace(item, url=f"{public_url}articles/{lead.id}")
+        items.append((lead.feed_url, item))
     if not items and not settings.send_empty:
         return None
     order = _group_order(feeds, names)
@@ -204,6 +218,7 @@ def build_digest(
         duplicates=duplicates,
         schedule_label=settings.schedule_label,
         templates=settings.templates,
+        public_url=public_url or "",
     )
 
 

@@ -213,6 +213,18 @@ class Seen:
 
 
 @dataclass(frozen=True)
+class SentRun:
+    """A digest delivered: what the archive site lists."""
+
+    id: int
+    digest_name: str
+    run_key: str
+    sent_at: datetime
+    stories: int  # articles it covered, duplicates included
+    has_html: bool  # sent since the HTML is kept (migration 0009)
+
+
+@dataclass(frozen=True, slots=True)
 class PendingRun:
     """A digest run recorded before sending and not delivered yet."""
 

@@ -186,6 +186,8 @@ class DigestRun(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     item_count: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # The email's HTML as sent, shown by the archive site (migration 0009; older runs have none).
+    html: Mapped[str | None] = mapped_column(Text)
 
 
 class DigestItem(Base):

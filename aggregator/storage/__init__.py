@@ -193,10 +193,16 @@ class Store:
         return self.digests.sent_article_ids(digest_name, ids)
 
     def begin_digest_run(
-        self, digest_name: str, run_key: str, message_id: str, article_ids: Sequence[int], now: datetime
+        self,
+        digest_name: str,
+        run_key: str,
+        message_id: str,
+        article_ids: Sequence[int],
+        now: datetime,
+        html: str | None = None,
     ) -> int:
         """Record a run about to be delivered with its items (``Digests.begin_run``)."""
-        return self.digests.begin_run(digest_name, run_key, message_id, article_ids, now)
+        return self.digests.begin_run(digest_name, run_key, message_id, article_ids, now, html)
 
     def finish_digest_run(self, run_id: int, now: datetime) -> None:
         """Mark a run delivered: its articles count as sent."""

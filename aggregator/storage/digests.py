@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Select, exists, func, select
 
 from aggregator.errors import StorageError
-from aggregator.models import PendingRun, StoredArticle
+from aggregator.models import PendingRun, SentRun, StoredArticle
 from aggregator.schema import Article, DigestItem, DigestRun
 from aggregator.storage.feeds import stored_message
 from aggregator.storage.writers import Writers
@@ -32,6 +32,11 @@ def delivered(digest_name: str | None = None, *, pending_too: bool = False) -> S
     if pending_too:
         return query.where(DigestRun.status.in_(("sent", "pending")))
     return query.where(DigestRun.status == "sent")
+
+
+def _sent(run: DigestRun) -> SentRun:
+    assert run.sent_at is not None
+    return SentRun(run.id, run.digest_name, run.run_key, run.sent_at, run.item_count, run.html is not None)
 
 
 class Digests:
@@ -64,9 +69,11 @@ class Digests:
         message_id: str,
         article_ids: Sequence[int],
         now: datetime,
+        html: str | None = None,
     ) -> int:
-        """Record a run about to be delivered with its items; reuse a pending run of the same key.
-        Raise StorageError if that run was delivered already."""
+        """Record a run about to be delivered with its items (and the email's HTML, which the
+        archive site shows); reuse a pending run of the same key. Raise StorageError if that run
+        was delivered already."""
         with self._writers.writing() as session:
             run = session.scalar(select(DigestRun).where(DigestRun.run_key == run_key))
             if run is None:
@@ -84,7 +91,26 @@ class Digests:
             session.query(DigestItem).filter(DigestItem.run_id == run.id).delete()
             session.add_all(DigestItem(run_id=run.id, article_id=i) for i in set(article_ids))
             run.status, run.item_count, run.error = "pending", len(set(article_ids)), None
+            if html is not None:
+                run.html = html
             return run.id
+
+    def sent_runs(self, limit: int = 100, before: int | None = None) -> list[SentRun]:
+        """The delivered runs, newest first (``before``: older than that run id)."""
+        query = select(DigestRun).where(DigestRun.status == "sent")
+        if before is not None:
+            query = query.where(DigestRun.id < before)
+        with self._writers.session() as session:
+            runs = session.scalars(query.order_by(DigestRun.id.desc()).limit(limit)).all()
+            return [_sent(run) for run in runs]
+
+    def sent_run(self, key: int | str) -> tuple[SentRun, str | None] | None:
+        """A delivered run, by id or by run key, and the HTML it was sent with (None for a run
+        sent before the HTML was kept)."""
+        where = DigestRun.id == key if isinstance(key, int) else DigestRun.run_key == key
+        with self._writers.session() as session:
+            run = session.scalar(select(DigestRun).where(where, DigestRun.status == "sent"))
+            return None if run is None else (_sent(run), run.html)
 
     def finish_run(self, run_id: int, now: datetime) -> None:
         """Mark a run delivered: its articles count as sent."""
