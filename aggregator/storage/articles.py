@@ -208,6 +208,19 @@ class Articles:
             query = query.limit(limit)
         return [_to_stored(article, feed_url, title) for article, feed_url, title in session.execute(query)]
 
+    def story_of(self, article_id: int) -> list[StoredArticle]:
+        """The article ``article_id`` and every copy of its story (empty when there is no such
+        article), earliest stored first."""
+        with self._writers.session() as session:
+            root = session.scalar(
+                select(func.coalesce(Article.duplicate_of, Article.id)).where(Article.id == article_id)
+            )
+            if root is None:
+                return []
+            return self.matching(
+                session, or_(Article.id == root, Article.duplicate_of == root), order_by=(Article.id,)
+            )
+
     def newest(
         self, *, since: datetime | None = None, feed_url: str | None = None, limit: int | None = None
     ) -> list[StoredArticle]:
